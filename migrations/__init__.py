@@ -1,0 +1,1 @@
+"""Alembic migrations for the ckpt index, shipped inside the package as ``ckpt.migrations``."""

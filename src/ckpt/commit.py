@@ -1,0 +1,265 @@
+"""The commit protocol: the one module that orders writes, and that finishes or undoes them after a crash.
+
+Order of a save (docs/format.md states these as invariants):
+  A. index: the checkpoint row is inserted as ``pending`` with its refs, so gc keeps every pack it uses;
+  B. storage: the pack of new tensors is published atomically (temp + fsync + rename + dir fsync, or a
+     single create-only object write);
+  C. storage: the manifest is published the same way; from here on the checkpoint is durable;
+  D. index: the row becomes ``committed`` with its tensors, metrics and tags, in one transaction.
+A crash before C leaves a pending row (dropped on recovery) and maybe an orphan pack (gc removes it);
+a crash between C and D is rolled forward on recovery from the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from ckpt.blobs import BlobStore
+from ckpt.blobs.local import pid_alive
+from ckpt.errors import CkptError, CorruptCheckpointError, DuplicateCheckpointError, MissingBlobError
+from ckpt.index.engine import Index
+from ckpt.index.schema import Checkpoint, Metric, Pack, Ref, Run, Tag, TensorBlob
+from ckpt.serialization import manifest as mf
+from ckpt.serialization import packs
+from ckpt.snapshot import Snapshot
+
+log = logging.getLogger("ckpt")
+HOST = socket.gethostname()
+#: A pending save or running run from another host is presumed dead after this long without news.
+STALE_AFTER = timedelta(seconds=float(os.environ.get("CKPT_STALE_SECONDS", 6 * 3600)))
+_CHUNK = 500  # bound on SQL IN-lists
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def writer_dead(host: str | None, pid: int | None, since: datetime) -> bool:
+    if host == HOST and pid is not None:
+        return not pid_alive(pid)
+    return now() - as_utc(since) > STALE_AFTER
+
+
+@dataclass
+class Context:
+    blobs: BlobStore
+    index: Index
+
+
+def _chunks(items: list, n: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def touch_run(session: Session, name: str, *, status: str | None = "running") -> Run:
+    run = session.scalar(select(Run).where(Run.name == name))
+    ts = now()
+    if run is None:
+        run = Run(name=name, status=status or "running", created_at=ts, updated_at=ts, heartbeat_at=ts,
+                  host=HOST, pid=os.getpid())
+        session.add(run)
+        session.flush()
+    elif status is not None:
+        run.status, run.updated_at, run.heartbeat_at, run.host, run.pid = status, ts, ts, HOST, os.getpid()
+    return run
+
+
+def _latest_id(session: Session, run_id: int) -> str | None:
+    return session.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id,
+                                                      Checkpoint.status == "committed")
+                          .order_by(Checkpoint.seq.desc()).limit(1))
+
+
+def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
+           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> tuple[str | None, dict]:
+    """Step A: claim (run, epoch, step), pin reused tensors with refs. Returns parent and known locations."""
+    run = touch_run(session, run_name)
+    step_key = -1 if step is None else step
+    clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
+                                                    Checkpoint.step_key == step_key))
+    if clash is not None:
+        if clash.status == "pending" and writer_dead(clash.host, clash.pid, clash.created_at):
+            session.execute(delete(Checkpoint).where(Checkpoint.id == clash.id))
+        else:
+            what = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+            state = {"committed": "already has", "pending": "is being saved by another process with",
+                     "deleting": "is deleting"}.get(clash.status, "has")
+            raise DuplicateCheckpointError(
+                f"run {run_name!r} {state} a checkpoint for {what} ({clash.id[:12]}); save under another "
+                f"epoch/step, or delete it first with store.delete({run_name + '@' + str(epoch)!r})")
+    if default_parent:
+        parent = _latest_id(session, run.id)
+    session.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=step_key,
+                           status="pending", created_at=now(), parent_id=parent,
+                           logical_size=snap.logical_size, new_bytes=0, host=HOST, pid=os.getpid()))
+    session.flush()
+    hashes = sorted({s.hash for s in snap.slots})
+    known: dict[str, TensorBlob] = {}
+    for chunk in _chunks(hashes):
+        rows = session.scalars(select(TensorBlob).join(Pack, Pack.id == TensorBlob.pack_id)
+                               .where(TensorBlob.hash.in_(chunk), Pack.status == "live")).all()
+        for row in rows:
+            known.setdefault(row.hash, row)
+    refs = [{"checkpoint_id": ckpt_id, "hash": h, "pack_id": known[h].pack_id if h in known else new_pack}
+            for h in hashes]
+    for chunk in _chunks(refs, 2000):
+        session.execute(insert(Ref), chunk)
+    return parent, {h: (r.pack_id, r.offset, r.length, r.codec) for h, r in known.items()}
+
+
+def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[str, float],
+         step: int | None, parent: str | None, default_parent: bool, tags: tuple[str, ...],
+         compress: bool, write_tag_ref) -> mf.Manifest:  # type: ignore[no-untyped-def]
+    """Run steps A-D for one snapshot; returns the committed manifest."""
+    ckpt_id = uuid.uuid4().hex
+    pack_id = uuid.uuid4().hex
+    parent, known = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id)
+    published: list[str] = []
+    try:
+        new: dict[str, packs.NewTensor] = {}
+        for s in snap.slots:
+            if s.hash not in known and s.hash not in new:
+                new[s.hash] = packs.NewTensor(s.hash, s.dtype, s.shape, s.data)
+        pack_size = 0
+        locations: dict[str, tuple[str, int, int, str]] = dict(known)
+        if new:
+            chunks, where, pack_size = packs.build(list(new.values()), compress)
+            ctx.blobs.write(mf.pack_path(pack_id), chunks)  # step B
+            published.append(mf.pack_path(pack_id))
+            for h, loc in where.items():
+                locations[h] = (pack_id, loc.offset, loc.length, loc.codec)
+        slots = tuple(mf.Slot(hash=s.hash, dtype=s.dtype, shape=s.shape, nbytes=len(s.data),
+                              pack=locations[s.hash][0], offset=locations[s.hash][1],
+                              length=locations[s.hash][2], codec=locations[s.hash][3], kind=s.kind)
+                      for s in snap.slots)
+        manifest = mf.Manifest(
+            id=ckpt_id, run=run, epoch=epoch, step=step, created_at=now().isoformat(), parent=parent,
+            metrics=metrics, skeleton=snap.skeleton, slots=slots, leaves=tuple(snap.leaves),
+            content_hash=mf.content_hash(snap.skeleton, slots), logical_size=snap.logical_size,
+            new_bytes=pack_size, host=HOST, pid=os.getpid())
+        ctx.blobs.write(mf.path_for(ckpt_id), [mf.dumps(manifest)], exclusive=True)  # step C
+        published.append(mf.path_for(ckpt_id))
+        for tag in tags:
+            write_tag_ref(tag, ckpt_id)
+    except BaseException:
+        _abandon(ctx, ckpt_id, published)
+        raise
+    ctx.index.write_txn(ingest, manifest, {pack_id: pack_size} if new else {}, tags)  # step D
+    return manifest
+
+
+def _abandon(ctx: Context, ckpt_id: str, published: list[str]) -> None:
+    """Undo a save that failed before its manifest: drop the pending row and our own pack."""
+    if mf.path_for(ckpt_id) in published:
+        return  # durable: recovery will roll it forward
+    try:
+        for rel in published:
+            ctx.blobs.delete(rel)
+        ctx.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == ckpt_id,
+                                                                         Checkpoint.status == "pending")))
+    except Exception as exc:  # pragma: no cover - the original error matters more; recovery cleans up
+        log.warning("could not clean up failed save %s: %s", ckpt_id[:12], exc)
+
+
+def ingest(session: Session, m: mf.Manifest, pack_sizes: dict[str, int], tags: Iterable[str] = ()) -> Checkpoint:
+    """Make the index agree with a manifest (step D, recovery and reindex all come through here)."""
+    run = touch_run(session, m.run, status=None)
+    row = session.get(Checkpoint, m.id)
+    created = datetime.fromisoformat(m.created_at) if m.created_at else now()
+    if row is None:
+        row = Checkpoint(id=m.id, run_id=run.id, epoch=m.epoch, step=m.step,
+                         step_key=-1 if m.step is None else m.step, status="pending", created_at=created,
+                         parent_id=m.parent, logical_size=m.logical_size, new_bytes=m.new_bytes,
+                         host=m.host, pid=m.pid)
+        session.add(row)
+        session.flush()
+    for pack_id, size in pack_sizes.items():
+        if session.get(Pack, pack_id) is None:
+            session.add(Pack(id=pack_id, size=size, status="live", created_at=now()))
+    session.flush()
+    packs_here = sorted(m.packs)
+    existing = set(session.execute(select(TensorBlob.hash, TensorBlob.pack_id)
+                                   .where(TensorBlob.pack_id.in_(packs_here))).all()) if packs_here else set()
+    live = set(session.scalars(select(Pack.id).where(Pack.id.in_(packs_here)))) if packs_here else set()
+    new_blobs, refs = [], {}
+    for s in m.slots:
+        refs.setdefault(s.hash, s.pack)
+        if s.pack in live and (s.hash, s.pack) not in existing:
+            existing.add((s.hash, s.pack))
+            new_blobs.append({"hash": s.hash, "pack_id": s.pack, "offset": s.offset, "length": s.length,
+                              "nbytes": s.nbytes, "codec": s.codec, "dtype": s.dtype,
+                              "shape": ",".join(map(str, s.shape))})
+    for chunk in _chunks(new_blobs, 2000):
+        session.execute(insert(TensorBlob), chunk)
+    session.execute(delete(Ref).where(Ref.checkpoint_id == m.id))
+    ref_rows = [{"checkpoint_id": m.id, "hash": h, "pack_id": p} for h, p in refs.items()]
+    for chunk in _chunks(ref_rows, 2000):
+        session.execute(insert(Ref), chunk)
+    session.execute(delete(Metric).where(Metric.checkpoint_id == m.id))
+    for pos, (name, value) in enumerate(m.metrics.items()):
+        session.add(Metric(checkpoint_id=m.id, name=name, position=pos,
+                           value=value if value == value and abs(value) != float("inf") else None,
+                           raw=repr(value)))
+    for tag in tags:
+        session.execute(delete(Tag).where(Tag.name == tag))
+        session.add(Tag(name=tag, checkpoint_id=m.id, created_at=now()))
+    row.status = "committed"
+    row.content_hash, row.new_bytes, row.logical_size = m.content_hash, m.new_bytes, m.logical_size
+    if row.seq is None:
+        row.seq = (session.scalar(select(func.max(Checkpoint.seq))) or 0) + 1
+    session.flush()
+    return row
+
+
+def recover(ctx: Context) -> int:
+    """Finish or undo what dead writers left half done. Returns how many checkpoints it touched."""
+    with ctx.index.read() as s:
+        if not s.scalar(select(func.count()).select_from(Checkpoint)
+                        .where(Checkpoint.status.in_(("pending", "deleting")))):
+            return 0
+
+    def txn(session: Session) -> int:
+        touched = 0
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.status.in_(("pending", "deleting")))).all()
+        for row in rows:
+            if not writer_dead(row.host, row.pid, row.created_at):
+                continue
+            touched += 1
+            if row.status == "deleting":
+                ctx.blobs.delete(mf.path_for(row.id))
+                session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+                continue
+            try:
+                m = mf.loads(ctx.blobs.read(mf.path_for(row.id), mf.MAX_MANIFEST_BYTES), expected_id=row.id)
+            except MissingBlobError:
+                session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+                log.info("dropped unfinished save %s (writer pid %s died before its manifest)", row.id[:12], row.pid)
+                continue
+            except CorruptCheckpointError as exc:
+                session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+                log.warning("dropped unfinished save %s: its manifest is damaged (%s)", row.id[:12], exc)
+                continue
+            sizes = {}
+            for pack_id in m.packs:
+                try:
+                    sizes[pack_id] = ctx.blobs.size(mf.pack_path(pack_id))
+                except CkptError:
+                    pass
+            ingest(session, m, sizes)
+            log.info("rolled forward save %s of run %r (writer died after its manifest)", row.id[:12], m.run)
+        return touched
+
+    return ctx.index.write_txn(txn)

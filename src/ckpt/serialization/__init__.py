@@ -1,0 +1,1 @@
+"""Turning training states into bytes and back (skeleton pickles, tensor slots)."""

@@ -1,0 +1,361 @@
+"""CheckpointStore: the public facade. It orchestrates; the modules it calls do the work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from ckpt import commit, refs, run_exit, validation
+from ckpt.blobs import BlobStore
+from ckpt.commit import Context, as_utc, writer_dead
+from ckpt.errors import (CorruptCheckpointError, InvalidArgumentError, ReadOnlyStoreError,
+                         StoreNotFoundError)
+from ckpt.index.engine import Index
+from ckpt.index.migrate import ensure_schema
+from ckpt.index.schema import Checkpoint, Run, Tag
+from ckpt.loading import load_into as _load_into
+from ckpt.loading import load_state, read_manifest
+from ckpt.metrics import check_mode, resolve_mode, to_float
+from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
+from ckpt.selectors import Resolver, resolve
+from ckpt.serialization import manifest as mf
+from ckpt.snapshot import take
+
+log = logging.getLogger("ckpt")
+MARKER = "ckpt-store.json"
+COMPRESSION = ("auto", "none", "zstd")
+
+
+def _default_index(blobs: BlobStore) -> str:
+    if blobs.is_local:
+        return f"sqlite:///{os.path.join(blobs.root, 'index.sqlite')}"
+    if blobs.protocol == "memory":
+        return "sqlite://"
+    cache = Path(os.environ.get("CKPT_CACHE_DIR", Path.home() / ".cache" / "ckpt"))
+    cache.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{cache / (hashlib.sha256(blobs.url.encode()).hexdigest()[:24] + '.sqlite')}"
+
+
+class CheckpointStore:
+    """A checkpoint store at ``location`` (a directory or an fsspec URL) with its index.
+
+    ``index`` takes any SQLAlchemy URL (default: SQLite inside a local store). ``compression`` is
+    "auto" (zstd only where storage is slower than the compressor, i.e. not on local disk), "zstd"
+    or "none". ``readonly`` opens without creating, migrating or recovering anything.
+    """
+
+    def __init__(self, location: str | os.PathLike[str], *, index: str | None = None,
+                 compression: str = "auto", readonly: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        if compression not in COMPRESSION:
+            raise InvalidArgumentError(f"compression must be one of {COMPRESSION}, not {compression!r}")
+        location = os.fspath(location)
+        if not isinstance(location, str) or not location:
+            raise InvalidArgumentError(f"location must be a path or URL, got {location!r}")
+        if "://" not in location:
+            location = os.path.abspath(os.path.expanduser(location))
+        self.readonly = readonly
+        self.blobs = BlobStore(location, storage_options)
+        self._open_storage()
+        self.location = self.blobs.url
+        self.compression = compression
+        self._compress = compression == "zstd" or (compression == "auto" and not self.blobs.is_local
+                                                   and self.blobs.protocol != "memory")
+        self.index = Index(index or _default_index(self.blobs))
+        ensure_schema(self.index, readonly=readonly)
+        self._ctx = Context(self.blobs, self.index)
+        if not readonly:
+            commit.recover(self._ctx)
+        self._sync_index()
+
+    # -- opening -------------------------------------------------------------------------------
+    def _open_storage(self) -> None:
+        if self.blobs.exists(MARKER):
+            return
+        if self.readonly:
+            raise StoreNotFoundError(f"no ckpt store at {self.blobs.url}; check --store / CKPT_STORE, or create "
+                                     f"one by saving to it (CheckpointStore(path).save(...))")
+        for d in ("packs", "manifests", "refs/tags", "refs/runs"):
+            self.blobs.makedirs(d)
+        doc = {"ckpt_store": 1, "created_at": datetime.now(timezone.utc).isoformat()}
+        try:
+            self.blobs.write(MARKER, [json.dumps(doc).encode()], exclusive=True)
+        except FileExistsError:
+            pass
+
+    def _sync_index(self) -> None:
+        """An empty index over a store with manifests (deleted index, new machine) is rebuilt."""
+        with self.index.read() as s:
+            if s.scalar(select(func.count()).select_from(Checkpoint)):
+                return
+        if any(e.name.endswith(".json") and not e.name.startswith(".") for e in self.blobs.list("manifests")):
+            log.warning("index at %s is empty but the store has manifests: rebuilding it", self.index.url)
+            from ckpt.reindex import rebuild
+            rebuild(self._ctx)
+
+    def close(self) -> None:
+        self.index.dispose()
+
+    def __enter__(self) -> "CheckpointStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.location!r}, index={self.index.url!r})"
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError("this store was opened read-only; open it without readonly=True to change it")
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, run: str, epoch: int, state: Any, metrics: dict[str, Any] | None = None, *,
+             step: int | None = None, parent: Any = None, tags: tuple[str, ...] | list[str] = ()) -> CheckpointInfo:
+        """Store ``state`` durably; returns once it is fsynced, hashed and indexed.
+
+        Only tensors new to the store are written. ``parent`` (a selector or CheckpointInfo) records
+        lineage when a run resumes or fine-tunes from another checkpoint; by default it is the run's
+        previous checkpoint.
+        """
+        self._writable()
+        run = validation.run_name(run)
+        epoch = validation.integer("epoch", epoch)  # type: ignore[assignment]
+        step = validation.integer("step", step, allow_none=True)
+        metric_values = {name: to_float(name, v) for name, v in (metrics or {}).items()}
+        if isinstance(tags, str):
+            tags = (tags,)
+        tags = tuple(validation.tag_name(t) for t in tags)
+        parent_id = self._parent_id(parent) if parent is not None else None
+        snap = take(state)
+        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metric_values, step=step,
+                        parent=parent_id, default_parent=parent is None, tags=tags, compress=self._compress,
+                        write_tag_ref=lambda t, cid: refs.write(self.blobs, "tags", t, {"checkpoint": cid}))
+        run_exit.track((id(self.index), run), lambda status, r=run: self._finish_at_exit(r, status))
+        return self.get(m.id)
+
+    def _parent_id(self, parent: Any) -> str:
+        if isinstance(parent, CheckpointInfo):
+            return parent.id
+        return self.get(parent).id
+
+    # -- reading -------------------------------------------------------------------------------
+    def _rows(self, selector: Any, run: str | None = None, mode: str | None = None) -> list[CheckpointInfo]:
+        if isinstance(selector, CheckpointInfo):
+            selector = selector.id
+        with self.index.read() as s:
+            return [self._info(r) for r in resolve(s, selector, run=run, mode=mode)]
+
+    def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
+        """The index entry a selector names (no data is read)."""
+        return self._rows(selector, run)[0]
+
+    def manifest(self, selector: Any = "latest", *, run: str | None = None) -> mf.Manifest:
+        return read_manifest(self.blobs, self.get(selector, run=run).id)
+
+    def load(self, selector: Any = "latest", *, run: str | None = None, map_location: Any = None,
+             key: Any = None, verify: bool = True) -> Any:
+        """The saved structure, exactly (tensors on CPU unless ``map_location``).
+
+        ``key`` loads one sub-tree (e.g. "model") and reads only its bytes. For "latest" and "best"
+        forms a damaged checkpoint is skipped, with a warning, for the next one.
+        """
+        return self._with_fallback(selector, run, lambda m: load_state(
+            self.blobs, m, key=key, map_location=map_location, verify=verify))
+
+    def load_into(self, target: Any, selector: Any = "latest", *, key: Any = "model", strict: bool = True,
+                  run: str | None = None, verify: bool = True) -> LoadReport:
+        """Restore into existing tensors in place (a module, a dict of tensors, or an optimizer)."""
+        out: list[Any] = []
+
+        def work(m: mf.Manifest) -> Any:
+            out.append(m)
+            return _load_into(self.blobs, m, target, key=key, strict=strict, verify=verify)
+
+        missing, unexpected, loaded = self._with_fallback(selector, run, work)
+        return LoadReport(missing, unexpected, loaded, self.get(out[-1].id))
+
+    def _with_fallback(self, selector: Any, run: str | None, work) -> Any:  # type: ignore[no-untyped-def]
+        candidates = self._rows(selector, run)
+        for i, info in enumerate(candidates):
+            try:
+                return work(read_manifest(self.blobs, info.id))
+            except CorruptCheckpointError as exc:
+                if i + 1 == len(candidates):
+                    raise
+                nxt = candidates[i + 1]
+                msg = (f"checkpoint {info.short_id} ({info.run}@{info.epoch}) is damaged ({exc}); using "
+                       f"{nxt.short_id} ({nxt.run}@{nxt.epoch}) instead. Run `ckpt verify` to see the damage.")
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                log.warning(msg)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def latest(self, run: str | None = None) -> CheckpointInfo:
+        return self.get("latest", run=run)
+
+    def best(self, metric: str | None = None, mode: str | None = None, run: str | None = None) -> CheckpointInfo:
+        """The best committed checkpoint by ``metric`` (default: the run's objective). NaN never wins."""
+        with self.index.read() as s:
+            return self._info(Resolver(s).best(metric, mode=mode, run=run, limit=1)[0])
+
+    def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
+             tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
+        """Committed checkpoints, oldest first; with ``sort=METRIC``, best first (NaN and missing last)."""
+        with self.index.read() as s:
+            q = select(Checkpoint).where(Checkpoint.status == "committed")
+            if run is not None:
+                q = q.where(Checkpoint.run_id == Resolver(s).run_row(run).id)
+            if tag is not None:
+                q = q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == tag)
+            infos = [self._info(r) for r in s.scalars(q.order_by(Checkpoint.seq))]
+            if sort is not None and sort not in ("created", "epoch"):
+                if mode is None:
+                    mode = Resolver(s).declared_mode(sort)
+                mode = check_mode(resolve_mode(sort, mode))
+        if sort == "epoch":
+            infos.sort(key=lambda i: (i.run, i.epoch, -1 if i.step is None else i.step))
+        elif sort is not None and sort != "created":
+            sign = -1.0 if mode == "max" else 1.0
+
+            def key(i: CheckpointInfo) -> tuple:
+                v = i.metrics.get(sort)
+                ok = v is not None and v == v and abs(v) != float("inf")
+                return (0, sign * v) if ok else (1, 0.0)  # type: ignore[operator]
+            infos.sort(key=key)
+        return infos[:limit] if limit is not None else infos
+
+    def _info(self, row: Checkpoint) -> CheckpointInfo:
+        return CheckpointInfo(
+            id=row.id, run=row.run.name, epoch=row.epoch, step=row.step,
+            metrics={m.name: float(m.raw) for m in row.metrics}, content_hash=row.content_hash or "",
+            parent=row.parent_id, created_at=as_utc(row.created_at), logical_size=row.logical_size,
+            new_bytes=row.new_bytes, tags=tuple(sorted(t.name for t in row.tags)), status=row.status)
+
+    # -- runs ----------------------------------------------------------------------------------
+    def set_objective(self, run: str, metric: str, mode: str | None = None) -> None:
+        """Declare what 'best' means for a run; mode defaults to the metric name's convention."""
+        self._writable()
+        run = validation.run_name(run)
+        mode = check_mode(resolve_mode(metric, mode))
+        to_float(metric, 0.0)
+
+        def txn(s):  # type: ignore[no-untyped-def]
+            r = commit.touch_run(s, run, status=None)
+            r.objective_metric, r.objective_mode = metric, mode
+            return r.status
+        status = self.index.write_txn(txn)
+        refs.write(self.blobs, "runs", run, {"objective": metric, "mode": mode, "status": status})
+
+    def finish_run(self, run: str, status: str = "completed") -> None:
+        """Mark a run completed or failed (done automatically at interpreter exit for runs saved to)."""
+        self._writable()
+        if status not in ("completed", "failed", "running"):
+            raise InvalidArgumentError(f"status must be 'completed', 'failed' or 'running', not {status!r}")
+        run = validation.run_name(run)
+
+        def txn(s):  # type: ignore[no-untyped-def]
+            r = commit.touch_run(s, run, status=status)
+            return r.objective_metric, r.objective_mode
+        objective, mode = self.index.write_txn(txn)
+        refs.write(self.blobs, "runs", run, {"objective": objective, "mode": mode, "status": status})
+        run_exit.forget((id(self.index), run))
+
+    def _finish_at_exit(self, run: str, status: str) -> None:
+        def txn(s):  # type: ignore[no-untyped-def]
+            s.execute(update(Run).where(Run.name == run, Run.status == "running", Run.pid == os.getpid())
+                      .values(status=status, updated_at=commit.now()))
+        self.index.write_txn(txn)
+
+    def runs(self) -> list[RunInfo]:
+        """Every run with its status; a 'running' run whose process is gone is reported 'crashed'."""
+        out = []
+        with self.index.read() as s:
+            for r in s.scalars(select(Run).order_by(Run.created_at)):
+                q = select(Checkpoint).where(Checkpoint.run_id == r.id, Checkpoint.status == "committed")
+                count = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+                last = s.scalars(q.order_by(Checkpoint.seq.desc()).limit(1)).first()
+                status = r.status
+                if status == "running" and writer_dead(r.host, r.pid, r.heartbeat_at or r.updated_at):
+                    status = "crashed"
+                best_value = None
+                if r.objective_metric:
+                    try:
+                        best = Resolver(s).best(None, run=r.name, limit=1)[0]
+                        best_value = next((float(m.raw) for m in best.metrics if m.name == r.objective_metric), None)
+                    except Exception:
+                        best_value = None
+                out.append(RunInfo(r.name, status, r.objective_metric, r.objective_mode, as_utc(r.created_at),
+                                   as_utc(r.updated_at), r.host, r.pid, count,
+                                   last.epoch if last else None, best_value))
+        return out
+
+    # -- tags and deletion ---------------------------------------------------------------------
+    def tag(self, selector: Any, name: str) -> CheckpointInfo:
+        """Point tag ``name`` at a checkpoint (moving it if it exists). Tagged checkpoints are kept by prune."""
+        self._writable()
+        name = validation.tag_name(name)
+        info = self.get(selector)
+        refs.write(self.blobs, "tags", name, {"checkpoint": info.id})
+
+        def txn(s):  # type: ignore[no-untyped-def]
+            s.execute(delete(Tag).where(Tag.name == name))
+            s.add(Tag(name=name, checkpoint_id=info.id, created_at=commit.now()))
+        self.index.write_txn(txn)
+        return self.get(info.id)
+
+    def untag(self, name: str) -> None:
+        self._writable()
+        name = validation.tag_name(name)
+        self.index.write_txn(lambda s: s.execute(delete(Tag).where(Tag.name == name)))
+        refs.delete(self.blobs, "tags", name)
+
+    def delete(self, selector: Any) -> CheckpointInfo:
+        """Remove a checkpoint from the index and its manifest; ``gc`` later frees unreferenced packs."""
+        self._writable()
+        info = self.get(selector)
+
+        def mark(s):  # type: ignore[no-untyped-def]
+            row = s.get(Checkpoint, info.id)
+            if row is not None:
+                row.status, row.host, row.pid = "deleting", commit.HOST, os.getpid()
+            return [t.name for t in row.tags] if row is not None else []
+        tags = self.index.write_txn(mark)
+        for t in tags:
+            refs.delete(self.blobs, "tags", t)
+        self.blobs.delete(mf.path_for(info.id))
+        self.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == info.id)))
+        return info
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def verify(self, full: bool = True) -> VerifyReport:
+        """Check index, manifests and packs against each other; ``full`` re-hashes every tensor."""
+        from ckpt.verify import verify_store
+        return verify_store(self._ctx, full=full)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the manifests on storage; returns the number of checkpoints indexed."""
+        self._writable()
+        from ckpt.reindex import rebuild
+        return rebuild(self._ctx)
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0):  # type: ignore[no-untyped-def]
+        """Remove packs that no checkpoint refers to (older than the grace period), and dead temp files."""
+        if not dry_run:
+            self._writable()
+        from ckpt.gc import collect
+        return collect(self._ctx, dry_run=dry_run, grace_seconds=grace_seconds)
+
+    def diff(self, a: Any, b: Any) -> CheckpointDiff:
+        """What changed between two checkpoints; unchanged tensors are recognised by hash, unread."""
+        from ckpt.diff import diff_checkpoints
+        ia, ib = self.get(a), self.get(b)
+        return diff_checkpoints(self.blobs, ia, ib, read_manifest(self.blobs, ia.id),
+                                read_manifest(self.blobs, ib.id))
