@@ -30,9 +30,13 @@ def command(ctx, run, tag, sort, order, limit) -> None:  # type: ignore[no-untyp
         metric_names += [m for m in i.metrics if m not in metric_names]
     table = Table(box=None, header_style="bold")
     for col in ("id", "run", "epoch", "step", *metric_names, "size", "new", "age", "tags"):
-        table.add_column(col, justify="right" if col in ("epoch", "step", "size", "new") else "left")
+        table.add_column(col, justify="right" if col in ("epoch", "step", "size", "new") else "left",
+                         no_wrap=True)
     for i in infos:
         table.add_row(i.short_id, i.run, str(i.epoch), "-" if i.step is None else str(i.step),
                       *[fmt_metric(i.metrics.get(m)) for m in metric_names], human_bytes(i.logical_size),
                       human_bytes(i.new_bytes), age(i.created_at), ",".join(i.tags))
-    Console(soft_wrap=True).print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 240))  # piped output: never squeeze columns
+    console.print(table)

@@ -141,14 +141,14 @@ class _Attr:
 
 def _where(path: tuple, context: str = "value") -> str:
     text = "state" + "".join(f".{k.name}" if isinstance(k, _Attr) else f"[{k!r}]" for k in path)
-    return text if context == "value" else f"{text} (in a {context})"
+    return text if context == "value" else f"{text} (inside {context})"
 
 
 class _Flattener:
     """One walk over the state: checks every value, assigns tensor slots, records the leaves.
 
     Doing the checks here rather than while pickling is what lets errors name a key path.
-    `context` is "value" where a tensor may appear, else where we are ("dict key", ...).
+    `context` is "value" where a tensor may appear, else where we are ("a dict key", ...).
     """
 
     def __init__(self) -> None:
@@ -184,16 +184,16 @@ class _Flattener:
         try:
             if isinstance(obj, dict):
                 for key, value in obj.items():
-                    self.visit(key, path, "dict key", depth + 1)
+                    self.visit(key, path, "a dict key", depth + 1)
                     self.visit(value, path + (key,), context, depth + 1)
                 for name, value in vars(obj).items() if type(obj) is OrderedDict else ():
-                    self.visit(value, path + (_Attr(name),), "OrderedDict attribute", depth + 1)
+                    self.visit(value, path + (_Attr(name),), "an OrderedDict attribute", depth + 1)
             elif isinstance(obj, (list, tuple)):
                 for index, value in enumerate(obj):
                     self.visit(value, path + (index,), context, depth + 1)
             else:
                 for value in obj:
-                    self.visit(value, path, "set", depth + 1)
+                    self.visit(value, path, "a set", depth + 1)
         finally:
             self._open.discard(id(obj))
 
@@ -310,6 +310,11 @@ def _advice(obj: Any) -> str:
         return "functions and classes cannot be stored; keep them in code and store their settings"
     if isinstance(obj, (int, float, str)):
         return "store it as a plain int, float or str (e.g. an Enum's .value)"
+    if isinstance(obj, np.ndarray):
+        return "store plain np.ndarray data (np.asarray drops subclass parts such as a mask)"
+    for base in (dict, list, tuple, set, frozenset):
+        if isinstance(obj, base):
+            return f"convert it to a plain {base.__name__}"
     if hasattr(obj, "state_dict"):
         return "store obj.state_dict() instead"
     return ("use only dicts, lists, tuples, sets, numbers, str, bytes, tensors and numpy arrays "
@@ -412,77 +417,87 @@ def _refuse_global(module: str, name: str) -> UnsafeMetadataError:
 
 
 def _scan_opcodes(data: bytes) -> None:
-    """Refuse opcodes ckpt never writes before anything is unpickled (see _ALLOWED_OPCODES).
+    """Check every opcode before anything is unpickled (see _ALLOWED_OPCODES for why).
 
-    Only skips over arguments, using pickletools' table of their sizes: pickletools.genops
-    decodes every argument and is several times slower on large skeletons.
+    Reads the whole stream so that a refused global is named even when it comes after some
+    other refused opcode (old-protocol pickles start with PUT). Arguments are skipped using
+    pickletools' table of their sizes; pickletools.genops decodes them all and is much slower.
     """
     pos, end = 0, len(data)
+    refused_opcode = None
     while pos < end:
         code = data[pos]
-        pos += 1
-        if code not in _ARG_SIZES:
-            raise _refuse_opcode(code, data, pos)
-        fixed, prefix = _ARG_SIZES[code]
-        if code == _GLOBAL:
-            module, name, pos = _read_global_name(data, pos)
-            if (module, name) not in _ALLOWED_GLOBALS:
-                raise _refuse_global(module, name)
-        elif prefix:
-            pos += prefix + int.from_bytes(data[pos:pos + prefix], "little")
-        else:
-            pos += fixed
-        if code == _STOP:
-            return
-    raise _corrupt("the data is truncated (no STOP opcode)")
+        name = _OPCODE_NAMES.get(code)
+        if name is None:
+            raise _corrupt(f"unknown opcode {code:#04x} at offset {pos}")
+        start, pos = pos + 1, _skip_argument(data, pos + 1, code)
+        if name in ("GLOBAL", "INST"):
+            module, qualname = _global_name(data[start:pos])
+            if (module, qualname) not in _ALLOWED_GLOBALS:
+                raise _refuse_global(module, qualname)
+        elif name.startswith("EXT"):
+            _refuse_extension(int.from_bytes(data[start:pos], "little", signed=name == "EXT4"))
+        if name not in _ALLOWED_OPCODES and refused_opcode is None:
+            refused_opcode = name
+        if name == "STOP":
+            break
+    else:
+        raise _corrupt("the data is truncated (it has no STOP opcode)")
+    if refused_opcode is not None:
+        raise _unsafe(f"the pickle opcode {refused_opcode}")
 
 
-def _arg_sizes() -> dict[int, tuple[int, int]]:
-    """opcode byte -> (fixed argument size, size of a length prefix) for the allowed opcodes."""
+def _argument_kinds() -> dict[int, tuple[int, int]]:
+    """opcode byte -> (size, kind): kind 0 fixed size, 1 length-prefixed, 2 newline-terminated lines."""
     prefixes = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
-    sizes = {}
+    kinds = {}
     for op in pickletools.opcodes:
-        if op.name in _ALLOWED_OPCODES:
-            n = op.arg.n if op.arg is not None else 0
-            sizes[ord(op.code)] = (n, 0) if n >= 0 else (0, prefixes.get(n, 0))
-    return sizes
+        n = op.arg.n if op.arg is not None else 0
+        if n >= 0:
+            kinds[ord(op.code)] = (n, 0)
+        elif n == pickletools.UP_TO_NEWLINE:
+            kinds[ord(op.code)] = (2 if op.arg.name.endswith("_pair") else 1, 2)
+        else:
+            kinds[ord(op.code)] = (prefixes[n], 1)
+    return kinds
 
 
-_ARG_SIZES = _arg_sizes()
-_GLOBAL, _STOP = ord("c"), ord(".")
+_ARGUMENTS = _argument_kinds()
 _OPCODE_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
 
 
-def _read_global_name(data: bytes, pos: int) -> tuple[str, str, int]:
-    """Read the "module\nname\n" argument of GLOBAL and INST."""
-    first = data.find(b"\n", pos)
-    second = data.find(b"\n", first + 1) if first >= 0 else -1
-    if second < 0:
-        raise _corrupt("the data is truncated inside a global name")
+def _skip_argument(data: bytes, pos: int, code: int) -> int:
+    size, kind = _ARGUMENTS[code]
+    if kind == 0:
+        return pos + size
+    if kind == 1:
+        return pos + size + int.from_bytes(data[pos:pos + size], "little")
+    for _ in range(size):
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            raise _corrupt("the data is truncated inside a text argument")
+        pos = newline + 1
+    return pos
+
+
+def _global_name(argument: bytes) -> tuple[str, str]:
+    """Split the "module\nname\n" argument of GLOBAL and INST."""
     try:
-        return data[pos:first].decode(), data[first + 1:second].decode(), second + 1
-    except UnicodeDecodeError as error:
-        raise _corrupt(f"a global name is not UTF-8: {error}") from error
+        module, name, _ = argument.decode().split("\n")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise _corrupt(f"malformed global name: {error}") from error
+    return module, name
 
 
-def _refuse_opcode(code: int, data: bytes, pos: int) -> CkptError:
-    name = _OPCODE_NAMES.get(code)
-    if name is None:
-        return _corrupt(f"unknown opcode {code:#04x} at offset {pos - 1}")
-    if name == "INST":
-        module, qualname, _ = _read_global_name(data, pos)
-        return _refuse_global(module, qualname)
-    if name.startswith("EXT"):
-        import copyreg
+def _refuse_extension(code: int) -> None:
+    import copyreg
 
-        ext = int.from_bytes(data[pos:pos + {"EXT1": 1, "EXT2": 2, "EXT4": 4}[name]], "little")
-        registered = copyreg._inverted_registry.get(ext)  # type: ignore[attr-defined]
-        if registered is not None:
-            shown = _shown(*registered)
-            return _unsafe(f"copyreg extension code {ext}, i.e. the Python global {shown}", shown)
-        return _unsafe(f"copyreg extension code {ext}")
-    return _unsafe(f"the pickle opcode {name}")
+    registered = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
+    if registered is not None:
+        shown = _shown(*registered)
+        raise _unsafe(f"copyreg extension code {code}, i.e. the Python global {shown}", shown)
+    raise _unsafe(f"copyreg extension code {code}")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -129,7 +129,9 @@ def check_supported(t: torch.Tensor, path: str = "") -> None:
             f"tensor subclass {type(t).__name__}{where} wraps other tensors; save a plain tensor "
             "(e.g. DTensor.full_tensor() or to_local()) instead")
     if t.dtype not in _NAME:
-        dtype_name(t.dtype)
+        raise UnsupportedTypeError(
+            f"tensor{where} has dtype {t.dtype}, which ckpt cannot store; convert it to one of "
+            f"{', '.join(_BY_NAME)} (e.g. t.view(torch.uint8) for bit-packed data) before saving")
 
 
 def contiguous_cpu(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Hand-built malicious pickles for tests that plant them in a checkpoint."""
