@@ -6,7 +6,6 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import enum
-import io
 import math
 import pickle
 import random
@@ -332,7 +331,8 @@ numpy_scalars = st.builds(lambda dtype, value: np.dtype(dtype).type(value),
                           st.sampled_from(NUMPY_DTYPES), st.integers(0, 100))
 leaf_values = st.one_of(
     hashable, st.integers(-(2**100), 2**100), st.floats(), st.complex_numbers(allow_nan=False),
-    st.binary(max_size=6), st.sampled_from(TORCH_DTYPES), st.sampled_from(["cpu", "cuda:1", "meta"]).map(torch.device),
+    st.binary(max_size=6), st.sampled_from(TORCH_DTYPES),
+    st.sampled_from(["cpu", "cuda:1", "meta"]).map(torch.device),
     shapes.map(torch.Size), numpy_scalars, tensors, arrays)
 trees = st.recursive(leaf_values, lambda children: st.one_of(
     st.lists(children, max_size=4), st.lists(children, max_size=3).map(tuple),
@@ -486,7 +486,7 @@ def _assert_refused(payload: bytes, global_name: str, sentinel: Path) -> None:
             load(payload)
         assert global_name in str(caught.value)
         assert "malicious" in str(caught.value)
-    time.sleep(0.05)  # an escaped Popen would run asynchronously
+    time.sleep(0.02)  # an escaped Popen would run asynchronously
     assert not sentinel.exists()
 
 
@@ -579,11 +579,13 @@ def test_placeholders_cannot_be_built_or_called(payload: bytes) -> None:
     PROTO4 + b"}" + PLACEHOLDER + b"K\x01s.",  # {placeholder: 1}
     PROTO4 + b"}(" + PLACEHOLDER + b"\x85K\x01u.",  # {(placeholder,): 1}
     PROTO4 + b"\x8f(" + PLACEHOLDER + b"\x90.",  # {placeholder}
-], ids=["dict-key", "tuple-in-key", "set"])
-def test_placeholders_where_flatten_never_puts_them(payload: bytes) -> None:
-    load_structure(payload)  # inert placeholders are harmless here...
-    with pytest.raises(CorruptCheckpointError, match="dict key"):
-        unflatten(payload, [torch.zeros(1)])  # ...but no tensor goes into a key or set
+    PROTO4 + stack_global("collections", "OrderedDict") + b")R}" + unicode("_metadata") + PLACEHOLDER
+    + b"sb.",  # OrderedDict() with _metadata = placeholder, via BUILD
+    PROTO4 + stack_global("builtins", "slice") + PLACEHOLDER + b"\x85R.",  # slice(placeholder)
+], ids=["dict-key", "tuple-in-key", "set", "attribute", "slice"])
+def test_placeholders_where_flatten_never_puts_them_are_refused(payload: bytes) -> None:
+    with pytest.raises(CorruptCheckpointError):
+        load_structure(payload)
 
 
 def test_placeholder_in_a_tuple_value_is_replaced() -> None:
@@ -591,32 +593,49 @@ def test_placeholder_in_a_tuple_value_is_replaced() -> None:
     assert type(restored[1]) is tuple and torch.equal(restored[1][0], torch.ones(1))
 
 
-def test_cycles_and_deep_nesting_in_a_skeleton_are_refused_by_unflatten() -> None:
+def test_cycles_and_deep_nesting_in_a_skeleton_are_refused() -> None:
     cyclic = PROTO4 + b"]\x94h\x00a."  # L = []; L.append(L)
-    assert load_structure(cyclic)[0] is not None
     with pytest.raises(CorruptCheckpointError, match="cycle"):
-        unflatten(cyclic, [])
+        load_structure(cyclic)
     deep = PROTO4 + b"]" * 5000 + b"a" * 4999 + b"."
     with pytest.raises(CorruptCheckpointError, match="levels deep"):
-        unflatten(deep, [])
+        load_structure(deep)
 
 
-def test_shared_containers_are_visited_once() -> None:
-    # L0 = [placeholder]; Ln = [Ln-1, Ln-1]: 2**60 paths through 61 lists
+def _dag_skeleton(levels: int) -> bytes:
+    """L0 = [placeholder]; Ln = [Ln-1, Ln-1]: a few bytes per level, 2**levels paths."""
     def get(index: int) -> bytes:
         return b"j" + index.to_bytes(4, "little")  # LONG_BINGET
 
     body = PROTO4 + b"]\x94" + PLACEHOLDER + b"a0"  # memo 0: L0; the placeholder takes 1 and 2
     previous = 0
-    for memo in range(3, 63):
+    for memo in range(3, 3 + levels):
         body += b"]\x94(" + get(previous) + get(previous) + b"e0"
         previous = memo
-    restored = unflatten(body + get(previous) + b".", [torch.ones(1)])
+    return body + get(previous) + b"."
+
+
+def test_structures_that_explode_as_trees_are_refused() -> None:
+    with pytest.raises(CorruptCheckpointError, match="expands"):
+        load_structure(_dag_skeleton(60))  # 2**60 paths: any recursive walker would hang
+    restored = unflatten(_dag_skeleton(8), [torch.ones(1)])  # modest sharing is fine, and kept
     assert restored[0] is restored[1]
-    inner = restored
-    while isinstance(inner, list):
-        inner = inner[0]
-    assert torch.equal(inner, torch.ones(1))
+    while isinstance(restored, list):
+        restored = restored[0]
+    assert torch.equal(restored, torch.ones(1))
+
+
+def test_shared_containers_stay_shared_and_heavy_sharing_is_refused_at_save() -> None:
+    shared = [torch.zeros(2), {"lr": 0.1}]
+    restored = round_trip({"a": shared, "b": (shared, shared)})
+    assert restored["a"] is restored["b"][0] is restored["b"][1]
+    assert restored["a"][0] is restored["b"][1][0]
+
+    dag: list = [1]
+    for _ in range(14):
+        dag = [dag, dag]
+    with pytest.raises(UnsupportedTypeError, match="expands"):
+        flatten({"dag": dag})
 
 
 def test_truncated_and_garbage_skeletons_are_corrupt() -> None:

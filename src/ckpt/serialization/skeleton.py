@@ -14,7 +14,7 @@ import pickletools
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ MAX_SKELETON_BYTES = 256 * 2**20
 MAX_DEPTH = 200  # nesting levels; real states have fewer than ten
 _MAX_SLOTS = 2**31
 
-# The only globals a skeleton may name. Protocol 5 emits REDUCE on these for complex, slice,
-# torch.Size and OrderedDict; set and frozenset are listed for protocol <= 3 pickles.
+# The only globals a skeleton may name: protocol 5 writes REDUCE on the last four for complex,
+# slice, OrderedDict and torch.Size. set and frozenset have their own opcodes since protocol 4
+# and are listed because they are equally harmless constructors.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
@@ -42,7 +43,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 # Opcodes that the protocol 4/5 pickler writes for the allowed types, plus GLOBAL (checked by
 # name). Notably absent: EXT1/2/4, which the C unpickler answers from copyreg's process-wide
 # cache without ever calling find_class; INST/OBJ; PUT/BINPUT/LONG_BINPUT, whose index sizes the
-# memo (a 4-byte index asks for a 32 GiB table); PERSID and the out-of-band buffer opcodes.
+# memo (one 4-byte index makes it allocate and zero 64 GiB); PERSID and out-of-band buffers.
 _ALLOWED_OPCODES = frozenset("""
     PROTO FRAME STOP MARK POP POP_MARK DUP MEMOIZE BINGET LONG_BINGET
     NONE NEWTRUE NEWFALSE BININT BININT1 BININT2 LONG1 LONG4 BINFLOAT
@@ -127,6 +128,10 @@ def flatten(state: Any) -> Flattened:
         raise UnsupportedTypeError(
             f"the state's non-tensor part pickles to {len(skeleton)} bytes, over the "
             f"{MAX_SKELETON_BYTES}-byte limit; store bulky data as tensors or numpy arrays")
+    if walk.nodes > _max_nodes(len(skeleton)):
+        raise UnsupportedTypeError(
+            f"the state reuses the same containers at so many places that it expands to "
+            f"{walk.nodes} values, which loading would refuse; store each container once")
     return Flattened(skeleton, walk.tensors, walk.kinds, walk.leaves)
 
 
@@ -158,8 +163,10 @@ class _Flattener:
         self.pids: dict[int, tuple[str, int]] = {}  # id(tensor or ndarray in state) -> persistent id
         self._by_storage: dict[tuple, int] = {}
         self._open: set[int] = set()  # ids of the containers we are inside, to catch cycles
+        self.nodes = 0  # size of the state as a tree (shared containers count at every path)
 
     def visit(self, obj: Any, path: tuple, context: str, depth: int) -> None:
+        self.nodes += 1  # counted exactly as _TreeCheck counts them at load time
         kind = type(obj)
         if kind in _PLAIN:
             return
@@ -364,8 +371,10 @@ class _SkeletonPickler(pickle.Pickler):
 def load_structure(skeleton: bytes, num_slots: int | None = None) -> Any:
     """Unpickle a skeleton without executing anything; tensors come back as TensorSlot/ArraySlot.
 
-    `num_slots`, when known, bounds the slot numbers. Raises UnsafeMetadataError for any global
-    or opcode ckpt never writes, CorruptCheckpointError for damaged or malformed data.
+    `num_slots`, when known, bounds the slot numbers. The result is safe to walk naively: no
+    cycles, at most MAX_DEPTH levels, a bounded size as a tree, and placeholders only as dict
+    values or list/tuple items. Raises UnsafeMetadataError for any global or opcode ckpt never
+    writes, CorruptCheckpointError for damaged or malformed data.
     """
     if not isinstance(skeleton, (bytes, bytearray, memoryview)):
         raise CorruptCheckpointError(f"skeleton must be bytes, got {type(skeleton).__name__}")
@@ -377,11 +386,13 @@ def load_structure(skeleton: bytes, num_slots: int | None = None) -> Any:
     _scan_opcodes(data)
     unpickler = _RestrictedUnpickler(io.BytesIO(data), num_slots)
     try:
-        return unpickler.load()
+        structure = unpickler.load()
     except CkptError:
         raise
     except Exception as error:  # truncated, garbage, or type errors from allowed constructors
         raise _corrupt(f"{type(error).__name__}: {error}") from error
+    _TreeCheck(_max_nodes(len(data))).visit(structure, 0)
+    return structure
 
 
 def unflatten(skeleton: bytes, tensors: Sequence[torch.Tensor]) -> Any:
@@ -391,7 +402,26 @@ def unflatten(skeleton: bytes, tensors: Sequence[torch.Tensor]) -> Any:
     Slots of kind "numpy" come back as ndarrays sharing memory with the CPU tensor.
     """
     structure = load_structure(skeleton, num_slots=len(tensors))
-    return _Restorer(tensors).restore(structure, 0, True)
+    placed: dict[int, Any] = {}  # slot -> object put in the state (one ndarray per numpy slot)
+
+    def value(placeholder: TensorSlot) -> Any:
+        slot = placeholder.slot
+        if slot not in placed:
+            placed[slot] = tensors[slot]
+            if type(placeholder) is ArraySlot:
+                try:
+                    placed[slot] = tensors[slot].numpy(force=True)
+                except (TypeError, RuntimeError) as error:
+                    raise _corrupt(f"slot {slot} cannot be a numpy array ({error})") from error
+        return placed[slot]
+
+    return _fill(structure, value, {})
+
+
+def _max_nodes(skeleton_size: int) -> int:
+    """How many nodes a skeleton may expand to as a tree: far above what sharing in a real state
+    gives (about one node per byte without it), far below what a crafted DAG can reach."""
+    return 64 * skeleton_size + 4096
 
 
 def _corrupt(detail: str) -> CorruptCheckpointError:
@@ -548,66 +578,81 @@ def _load_device(device_type: Any, index: Any) -> torch.device:
     raise _corrupt(f"malformed device {ascii(device_type)[:50]}:{ascii(index)[:20]}")
 
 
-class _Restorer:
-    """Replaces placeholders with tensors in a structure that load_structure built.
-
-    The structure may be hostile, so the walk refuses cycles and deep nesting, visits each
-    shared container once, and refuses tensors anywhere flatten would not have put them.
-    Lists and dicts are filled in place; tuples are rebuilt only if they held a placeholder.
+class _TreeCheck:
+    """Checks an unpickled structure before anyone walks it: crafted pickles can build cycles,
+    deep nesting, and small DAGs that expand to 2**60 paths, which would hang or crash a naive
+    recursive walker. Also refuses placeholders where flatten never puts tensors.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self._tensors = tensors
-        self._values: dict[int, Any] = {}  # slot -> object placed (one ndarray per numpy slot)
-        self._done: dict[tuple[int, bool], Any] = {}
+    def __init__(self, max_nodes: int) -> None:
+        self._max_nodes = max_nodes
+        self._seen: dict[int, tuple[int, bool]] = {}  # id -> (nodes as a tree, holds a placeholder)
         self._open: set[int] = set()
 
-    def restore(self, obj: Any, depth: int, tensors_ok: bool) -> Any:
+    def visit(self, obj: Any, depth: int) -> tuple[int, bool]:
         kind = type(obj)
         if kind is TensorSlot or kind is ArraySlot:
-            if not tensors_ok:
-                raise _corrupt("a tensor placeholder is used as a dict key, set element or attribute")
-            return self._value(obj)
+            return 1, True
+        if kind is slice and not all(type(p) in (int, type(None)) for p in (obj.start, obj.stop, obj.step)):
+            raise _corrupt("a slice holds something other than ints")
         if kind not in _CONTAINERS:
-            return obj
-        memo = (id(obj), tensors_ok)
-        if memo in self._done:
-            return self._done[memo]
+            return 1, False
+        if id(obj) in self._seen:
+            return self._seen[id(obj)]
         if id(obj) in self._open:
             raise _corrupt("the structure contains a reference cycle")
         if depth > MAX_DEPTH:
             raise _corrupt(f"the structure is nested more than {MAX_DEPTH} levels deep")
         self._open.add(id(obj))
-        result = obj
-        if kind is list:
-            for index, value in enumerate(obj):
-                obj[index] = self.restore(value, depth + 1, tensors_ok)
-        elif kind is dict or kind is OrderedDict:
-            for key, value in obj.items():
-                self.restore(key, depth + 1, False)
-                obj[key] = self.restore(value, depth + 1, tensors_ok)
-            for value in vars(obj).values() if kind is OrderedDict else ():
-                self.restore(value, depth + 1, False)
-        elif kind is tuple:
-            items = [self.restore(value, depth + 1, tensors_ok) for value in obj]
-            if any(new is not old for new, old in zip(items, obj)):
-                result = tuple(items)
-        else:
-            for value in obj:
-                self.restore(value, depth + 1, False)
+        values, others = _children(obj)
+        nodes, holds = 1, False
+        for child in values:
+            size, has = self.visit(child, depth + 1)
+            nodes, holds = nodes + size, holds or has
+        for child in others:
+            size, has = self.visit(child, depth + 1)
+            if has:
+                raise _corrupt("a tensor placeholder is inside a dict key, a set or an attribute")
+            nodes += size
+        if nodes > self._max_nodes:
+            raise _corrupt(f"the structure expands to more than {self._max_nodes} nodes")
         self._open.discard(id(obj))
-        self._done[memo] = result
-        return result
+        self._seen[id(obj)] = nodes, holds
+        return nodes, holds
 
-    def _value(self, placeholder: TensorSlot) -> Any:
-        slot = placeholder.slot
-        if slot not in self._values:
-            tensor = self._tensors[slot]
-            if type(placeholder) is ArraySlot:
-                try:
-                    self._values[slot] = tensor.numpy(force=True)
-                except (TypeError, RuntimeError) as error:
-                    raise _corrupt(f"slot {slot} cannot be read back as a numpy array: {error}") from error
-            else:
-                self._values[slot] = tensor
-        return self._values[slot]
+
+def _children(obj: Any) -> tuple[Iterable[Any], Iterable[Any]]:
+    """(children where a tensor may be, children where it may not) of a container."""
+    if isinstance(obj, dict):
+        others = list(obj)
+        if type(obj) is OrderedDict:
+            others += vars(obj).values()
+        return obj.values(), others
+    if isinstance(obj, (list, tuple)):
+        return obj, ()
+    return (), obj
+
+
+def _fill(obj: Any, values: Callable[[TensorSlot], Any], done: dict[int, Any]) -> Any:
+    """Replace placeholders in a checked structure: lists and dicts in place, tuples rebuilt
+    when they held one. Each shared container is handled once, so sharing survives."""
+    kind = type(obj)
+    if kind is TensorSlot or kind is ArraySlot:
+        return values(obj)
+    if kind not in (list, tuple, dict, OrderedDict):
+        return obj  # a set, or an atom: _TreeCheck made sure no placeholder is inside
+    if id(obj) in done:
+        return done[id(obj)]
+    result = obj
+    if kind is list:
+        for index, value in enumerate(obj):
+            obj[index] = _fill(value, values, done)
+    elif kind is tuple:
+        items = tuple(_fill(value, values, done) for value in obj)
+        if any(new is not old for new, old in zip(items, obj)):
+            result = items
+    else:
+        for key, value in obj.items():
+            obj[key] = _fill(value, values, done)
+    done[id(obj)] = result
+    return result
