@@ -29,7 +29,9 @@ class GcReport:
     dry_run: bool = False
 
 
-def collect(ctx: Context, *, dry_run: bool, grace_seconds: float) -> GcReport:
+def collect(ctx: Context, *, dry_run: bool, grace_seconds: float, only: set[str] | None = None) -> GcReport:
+    """Remove unreferenced packs older than the grace period (or exactly the packs in ``only``, which
+    the caller knows were referenced by checkpoints it just deleted), then dead writers' temp files."""
     report = GcReport(dry_run=dry_run)
     cutoff = time.time() - grace_seconds
     files = {e.name[:-len(SUFFIX)]: e for e in ctx.blobs.list("packs")
@@ -37,8 +39,11 @@ def collect(ctx: Context, *, dry_run: bool, grace_seconds: float) -> GcReport:
     with ctx.index.read() as s:
         referenced = set(s.scalars(select(Ref.pack_id).distinct()))
         rows = set(s.scalars(select(Pack.id)))
-    candidates = [p for p in (set(files) | rows) - referenced
-                  if p not in files or files[p].mtime is None or files[p].mtime < cutoff]
+    if only is not None:
+        candidates = [p for p in only if p not in referenced]
+    else:
+        candidates = [p for p in (set(files) | rows) - referenced
+                      if p not in files or files[p].mtime is None or files[p].mtime < cutoff]
 
     def mark(s) -> list[str]:  # type: ignore[no-untyped-def]
         still = set(s.scalars(select(Ref.pack_id).where(Ref.pack_id.in_(candidates)).distinct()))

@@ -334,6 +334,40 @@ class CheckpointStore:
         self.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == info.id)))
         return info
 
+    def prune(self, *, keep_last: int | None = None, keep_best: int | None = None,
+              keep_every: int | None = None, metric: str | None = None, mode: str | None = None,
+              run: str | None = None, dry_run: bool = False):  # type: ignore[no-untyped-def]
+        """Apply a retention policy per run (all runs unless ``run``) and free the space it releases.
+
+        Tagged checkpoints, each run's latest and best, and branch points are always kept.
+        Returns a PrunePlan (kept with reasons, removed, bytes freed).
+        """
+        from ckpt.gc import collect
+        from ckpt.retention import RetentionPolicy, freed_packs, plan
+        policy = RetentionPolicy(keep_last, keep_best, keep_every, metric, mode)
+        if not dry_run:
+            self._writable()
+        everything = self.list()
+        by_run: dict[str, list[CheckpointInfo]] = {}
+        for info in everything:
+            if run is None or info.run == run:
+                by_run.setdefault(info.run, []).append(info)
+        if run is not None and run not in by_run:
+            with self.index.read() as s:
+                Resolver(s).run_row(run)  # raises a clear error for an unknown run
+        with self.index.read() as s:
+            objectives = {r.name: (r.objective_metric, r.objective_mode) for r in s.scalars(select(Run))}
+        result = plan(by_run, objectives, policy, everything)
+        packs = freed_packs(self.index, [i.id for i in result.remove])
+        result.bytes_freed = sum(packs.values())
+        result.dry_run = dry_run
+        if not dry_run:
+            for info in result.remove:
+                self.delete(info.id)
+            if packs:
+                collect(self._ctx, dry_run=False, grace_seconds=0, only=set(packs))
+        return result
+
     # -- maintenance ---------------------------------------------------------------------------
     def verify(self, full: bool = True) -> VerifyReport:
         """Check index, manifests and packs against each other; ``full`` re-hashes every tensor."""
