@@ -1,0 +1,1 @@
+"""Integrations: torch.distributed.checkpoint, Lightning, Hugging Face."""

@@ -1,0 +1,1 @@
+"""Reference training loop built on the store."""
