@@ -1,10 +1,10 @@
 """The commit protocol: the one module that orders writes, and that finishes or undoes them after a crash.
 
 Order of a save (docs/format.md states these as invariants):
-  A. index: the checkpoint row is inserted as ``pending`` with its refs, so gc keeps every pack it uses;
-  B. storage: the pack of new tensors is published atomically (temp + fsync + rename + dir fsync, or a
-     single create-only object write);
-  C. storage: the manifest is published the same way; from here on the checkpoint is durable;
+  A. index: the checkpoint row is inserted as ``pending`` with a ref naming the pack it will write;
+  B. storage: new tensors are streamed into that pack, published atomically (ckpt.persist);
+  P. index: every reused pack is checked to be live and pinned with refs (else its tensors are rewritten);
+  C. storage: the manifest is published create-only; from here on the checkpoint is durable;
   D. index: the row becomes ``committed`` with its tensors, metrics and tags, in one transaction.
 A crash before C leaves a pending row (dropped on recovery) and maybe an orphan pack (gc removes it);
 a crash between C and D is rolled forward on recovery from the manifest.
@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, insert, select
@@ -25,11 +26,12 @@ from sqlalchemy.orm import Session
 
 from ckpt.blobs import BlobStore
 from ckpt.blobs.local import pid_alive
-from ckpt.errors import CkptError, CorruptCheckpointError, DuplicateCheckpointError, MissingBlobError
+from ckpt import persist
+from ckpt.errors import (CkptError, CorruptCheckpointError, DuplicateCheckpointError, MissingBlobError,
+                         StorageError)
 from ckpt.index.engine import Index
 from ckpt.index.schema import Checkpoint, Metric, Pack, Ref, Run, Tag, TensorBlob
 from ckpt.serialization import manifest as mf
-from ckpt.serialization import packs
 from ckpt.snapshot import Snapshot
 
 log = logging.getLogger("ckpt")
@@ -53,10 +55,34 @@ def writer_dead(host: str | None, pid: int | None, since: datetime) -> bool:
     return now() - as_utc(since) > STALE_AFTER
 
 
-@dataclass
 class Context:
-    blobs: BlobStore
-    index: Index
+    """What the protocol needs: storage, the index, and a small cache of immutable manifests."""
+
+    def __init__(self, blobs: BlobStore, index: Index, cache_size: int = 8) -> None:
+        self.blobs, self.index = blobs, index
+        self._manifests: OrderedDict[str, mf.Manifest] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def manifest(self, checkpoint_id: str) -> mf.Manifest:
+        with self._lock:
+            m = self._manifests.get(checkpoint_id)
+            if m is not None:
+                self._manifests.move_to_end(checkpoint_id)
+                return m
+        m = mf.loads(self.blobs.read(mf.path_for(checkpoint_id), mf.MAX_MANIFEST_BYTES), expected_id=checkpoint_id)
+        self.remember(m)
+        return m
+
+    def remember(self, m: mf.Manifest) -> None:
+        with self._lock:
+            self._manifests[m.id] = m
+            while len(self._manifests) > self._cache_size:
+                self._manifests.popitem(last=False)
+
+    def forget(self, checkpoint_id: str) -> None:
+        with self._lock:
+            self._manifests.pop(checkpoint_id, None)
 
 
 def _chunks(items: list, n: int = _CHUNK) -> Iterable[list]:
@@ -84,8 +110,8 @@ def _latest_id(session: Session, run_id: int) -> str | None:
 
 
 def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
-           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> tuple[str | None, dict]:
-    """Step A: claim (run, epoch, step), pin reused tensors with refs. Returns parent and known locations."""
+           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> str | None:
+    """Step A: claim (run, epoch, step) with a pending row. Returns the parent id."""
     run = touch_run(session, run_name)
     step_key = -1 if step is None else step
     clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
@@ -106,18 +132,27 @@ def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int 
                            status="pending", created_at=now(), parent_id=parent,
                            logical_size=snap.logical_size, new_bytes=0, host=HOST, pid=os.getpid()))
     session.flush()
-    hashes = sorted({s.hash for s in snap.slots})
-    known: dict[str, TensorBlob] = {}
-    for chunk in _chunks(hashes):
-        rows = session.scalars(select(TensorBlob).join(Pack, Pack.id == TensorBlob.pack_id)
-                               .where(TensorBlob.hash.in_(chunk), Pack.status == "live")).all()
-        for row in rows:
-            known.setdefault(row.hash, row)
-    refs = [{"checkpoint_id": ckpt_id, "hash": h, "pack_id": known[h].pack_id if h in known else new_pack}
-            for h in hashes]
-    for chunk in _chunks(refs, 2000):
+    # Pin the pack this save is about to write, so no gc can take it before the refs name its tensors.
+    session.add(Ref(checkpoint_id=ckpt_id, hash="", pack_id=new_pack))
+    return parent
+
+
+def _pin(session: Session, ckpt_id: str, slots: list[mf.Slot], new_pack: str) -> set[str]:
+    """Record which pack every tensor is read from; returns reused packs that gc took meanwhile."""
+    reused = sorted({s.pack for s in slots} - {new_pack})
+    live: set[str] = set()
+    for chunk in _chunks(reused):
+        live |= set(session.scalars(select(Pack.id).where(Pack.id.in_(chunk), Pack.status == "live")))
+    dead = set(reused) - live
+    if dead:
+        return dead
+    refs: dict[str, str] = {}
+    for s in slots:
+        refs.setdefault(s.hash, s.pack)
+    rows = [{"checkpoint_id": ckpt_id, "hash": h, "pack_id": p} for h, p in refs.items()]
+    for chunk in _chunks(rows, 2000):
         session.execute(insert(Ref), chunk)
-    return parent, {h: (r.pack_id, r.offset, r.length, r.codec) for h, r in known.items()}
+    return set()
 
 
 def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[str, float],
@@ -126,30 +161,32 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
     """Run steps A-D for one snapshot; returns the committed manifest."""
     ckpt_id = uuid.uuid4().hex
     pack_id = uuid.uuid4().hex
-    parent, known = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id)
+    parent = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id)
     published: list[str] = []
     try:
-        new: dict[str, packs.NewTensor] = {}
-        for s in snap.slots:
-            if s.hash not in known and s.hash not in new:
-                new[s.hash] = packs.NewTensor(s.hash, s.dtype, s.shape, s.data)
-        pack_size = 0
-        locations: dict[str, tuple[str, int, int, str]] = dict(known)
-        if new:
-            chunks, where, pack_size = packs.build(list(new.values()), compress)
-            ctx.blobs.write(mf.pack_path(pack_id), chunks)  # step B
-            published.append(mf.pack_path(pack_id))
-            for h, loc in where.items():
-                locations[h] = (pack_id, loc.offset, loc.length, loc.codec)
-        slots = tuple(mf.Slot(hash=s.hash, dtype=s.dtype, shape=s.shape, nbytes=len(s.data),
-                              pack=locations[s.hash][0], offset=locations[s.hash][1],
-                              length=locations[s.hash][2], codec=locations[s.hash][3], kind=s.kind)
-                      for s in snap.slots)
+        parent_manifest = None
+        if parent is not None:
+            try:
+                parent_manifest = ctx.manifest(parent)
+            except CkptError as exc:  # only an optimisation: a damaged parent just means no reuse
+                log.warning("not reusing tensors of parent %s: %s", parent[:12], exc)
+        avoid: set[str] = set()
+        for _attempt in range(3):
+            written = persist.write_new(ctx.blobs, ctx.index, snap, parent_manifest, pack_id, compress, avoid)
+            if written.pack_size:
+                published.append(mf.pack_path(pack_id))  # step B done
+            dead = ctx.index.write_txn(_pin, ckpt_id, written.slots, pack_id)
+            if not dead:
+                break
+            avoid |= dead  # gc removed a pack we meant to reuse: write those tensors ourselves
+            pack_id = uuid.uuid4().hex
+        else:
+            raise StorageError("packs this save wanted to reuse kept being garbage-collected; retry the save")
         manifest = mf.Manifest(
             id=ckpt_id, run=run, epoch=epoch, step=step, created_at=now().isoformat(), parent=parent,
-            metrics=metrics, skeleton=snap.skeleton, slots=slots, leaves=tuple(snap.leaves),
-            content_hash=mf.content_hash(snap.skeleton, slots), logical_size=snap.logical_size,
-            new_bytes=pack_size, host=HOST, pid=os.getpid())
+            metrics=metrics, skeleton=snap.skeleton, slots=tuple(written.slots), leaves=tuple(snap.leaves),
+            content_hash=mf.content_hash(snap.skeleton, written.slots), logical_size=snap.logical_size,
+            new_bytes=written.pack_size, host=HOST, pid=os.getpid())
         ctx.blobs.write(mf.path_for(ckpt_id), [mf.dumps(manifest)], exclusive=True)  # step C
         published.append(mf.path_for(ckpt_id))
         for tag in tags:
@@ -157,7 +194,8 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
     except BaseException:
         _abandon(ctx, ckpt_id, published)
         raise
-    ctx.index.write_txn(ingest, manifest, {pack_id: pack_size} if new else {}, tags)  # step D
+    ctx.index.write_txn(ingest, manifest, {pack_id: written.pack_size} if written.pack_size else {}, tags)  # D
+    ctx.remember(manifest)
     return manifest
 
 

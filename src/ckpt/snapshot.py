@@ -1,17 +1,19 @@
-"""Turn a training state into what a save writes: skeleton bytes plus hashed, contiguous CPU tensors."""
+"""Turn a training state into what a save writes: skeleton bytes plus contiguous CPU tensors.
+
+This is the part of a save that must happen before the call returns (the training loop may change
+its tensors right after). Hashing and writing happen later, in ckpt.persist.
+"""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ckpt.serialization.skeleton import flatten
-from ckpt.serialization.tensors import byte_view, check_supported, contiguous_cpu, dtype_name, tensor_hash
-
-_PARALLEL_HASH_BYTES = 8 << 20
+from ckpt.serialization.tensors import byte_view, check_supported, contiguous_cpu, dtype_name
+from ckpt.staging import Staging
 
 
 @dataclass
@@ -20,8 +22,10 @@ class SlotData:
     data: memoryview
     dtype: str
     shape: tuple[int, ...]
-    hash: str
     kind: str
+    path: tuple  # the first key path that refers to this slot
+    check: str | None = None  # xxh3-128 of the bytes, filled by persist
+    hash: str | None = None  # blake3 content hash, filled by persist
 
 
 @dataclass
@@ -35,32 +39,22 @@ class Snapshot:
         return sum(len(s.data) for s in self.slots)
 
 
-def _describe(path: tuple) -> str:
+def describe(path: tuple) -> str:
     return "/".join(str(k) for k in path) or "<root>"
 
 
-def take(state: Any) -> Snapshot:
-    """Flatten ``state`` and hash every tensor slot (large ones on a thread pool: blake3 drops the GIL)."""
+def take(state: Any, staging: Staging | None = None) -> Snapshot:
+    """Flatten ``state``; with ``staging``, copy every tensor into reusable buffers (async saves)."""
     flat = flatten(state)
     first_path: dict[int, tuple] = {}
     for path, slot in flat.leaves:
         first_path.setdefault(slot, path)
-    prepared = []
-    for slot, (t, kind) in enumerate(zip(flat.tensors, flat.kinds)):
-        check_supported(t, _describe(first_path.get(slot, ())))
-        c = contiguous_cpu(t)
-        prepared.append((c, byte_view(c), dtype_name(c.dtype), tuple(c.shape), kind))
-
-    def _hash(item: tuple) -> str:
-        _, data, dtype, shape, _ = item
-        return tensor_hash(dtype, shape, data)
-
-    total = sum(len(p[1]) for p in prepared)
-    if total >= _PARALLEL_HASH_BYTES and len(prepared) > 1:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            hashes = list(pool.map(_hash, prepared))
+    for slot, t in enumerate(flat.tensors):
+        check_supported(t, describe(first_path.get(slot, ())))
+    if staging is not None:
+        tensors = staging.stage(flat.tensors)
     else:
-        hashes = [_hash(p) for p in prepared]
-    slots = [SlotData(c, data, dtype, shape, h, kind)
-             for (c, data, dtype, shape, kind), h in zip(prepared, hashes)]
+        tensors = [contiguous_cpu(t) for t in flat.tensors]
+    slots = [SlotData(t, byte_view(t), dtype_name(t.dtype), tuple(t.shape), kind, first_path.get(i, ()))
+             for i, (t, kind) in enumerate(zip(tensors, flat.kinds))]
     return Snapshot(flat.skeleton, slots, list(flat.leaves))

@@ -7,11 +7,13 @@ import json
 import logging
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.orm import aliased
 
 from ckpt import commit, refs, run_exit, validation
 from ckpt.blobs import BlobStore
@@ -20,18 +22,36 @@ from ckpt.errors import (CorruptCheckpointError, InvalidArgumentError, ReadOnlyS
                          StoreNotFoundError)
 from ckpt.index.engine import Index
 from ckpt.index.migrate import ensure_schema
-from ckpt.index.schema import Checkpoint, Run, Tag
+from ckpt.index.schema import Checkpoint, Metric, Run, Tag
 from ckpt.loading import load_into as _load_into
-from ckpt.loading import load_state, read_manifest
+from ckpt.loading import load_state
 from ckpt.metrics import check_mode, resolve_mode, to_float
 from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
 from ckpt.selectors import Resolver, resolve
 from ckpt.serialization import manifest as mf
+from ckpt.lazy import LazyCheckpoint
 from ckpt.snapshot import take
+from ckpt.staging import Staging
 
 log = logging.getLogger("ckpt")
 MARKER = "ckpt-store.json"
 COMPRESSION = ("auto", "none", "zstd")
+
+
+class PendingSave:
+    """An asynchronous save in flight: ``result()`` waits for the commit and returns its CheckpointInfo."""
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> CheckpointInfo:
+        return self._future.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._future.exception(timeout)
 
 
 def _default_index(blobs: BlobStore) -> str:
@@ -72,6 +92,9 @@ class CheckpointStore:
         self.index = Index(index or _default_index(self.blobs))
         ensure_schema(self.index, readonly=readonly)
         self._ctx = Context(self.blobs, self.index)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: PendingSave | None = None
+        self._staging = Staging()
         if not readonly:
             commit.recover(self._ctx)
         self._sync_index()
@@ -102,7 +125,14 @@ class CheckpointStore:
             rebuild(self._ctx)
 
     def close(self) -> None:
-        self.index.dispose()
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self._staging.release()
+            self.index.dispose()
 
     def __enter__(self) -> "CheckpointStore":
         return self
@@ -119,14 +149,19 @@ class CheckpointStore:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, run: str, epoch: int, state: Any, metrics: dict[str, Any] | None = None, *,
-             step: int | None = None, parent: Any = None, tags: tuple[str, ...] | list[str] = ()) -> CheckpointInfo:
+             step: int | None = None, parent: Any = None, tags: tuple[str, ...] | list[str] = (),
+             blocking: bool = True) -> CheckpointInfo | PendingSave:
         """Store ``state`` durably; returns once it is fsynced, hashed and indexed.
 
         Only tensors new to the store are written. ``parent`` (a selector or CheckpointInfo) records
         lineage when a run resumes or fine-tunes from another checkpoint; by default it is the run's
-        previous checkpoint.
+        previous checkpoint. With ``blocking=False`` the call returns right after copying the tensors
+        into reused staging buffers and a background thread does the rest: the returned PendingSave's
+        ``result()`` gives the CheckpointInfo; a failure is raised there, at the next save, or at
+        ``wait()``. The checkpoint is visible only once committed.
         """
         self._writable()
+        self.wait()  # earlier async saves commit first (lineage order) and release the staging buffers
         run = validation.run_name(run)
         epoch = validation.integer("epoch", epoch)  # type: ignore[assignment]
         step = validation.integer("step", step, allow_none=True)
@@ -135,12 +170,33 @@ class CheckpointStore:
             tags = (tags,)
         tags = tuple(validation.tag_name(t) for t in tags)
         parent_id = self._parent_id(parent) if parent is not None else None
-        snap = take(state)
-        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metric_values, step=step,
-                        parent=parent_id, default_parent=parent is None, tags=tags, compress=self._compress,
+        if blocking:
+            return self._persist(run, epoch, take(state), metric_values, step, parent_id, parent is None, tags)
+        snap = take(state, self._staging)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
+        future = self._pool.submit(self._persist, run, epoch, snap, metric_values, step, parent_id,
+                                   parent is None, tags)
+        self._pending = PendingSave(future)
+        return self._pending
+
+    def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None,
+                 parent: str | None, default_parent: bool, tags: tuple[str, ...]) -> CheckpointInfo:
+        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step,
+                        parent=parent, default_parent=default_parent, tags=tags, compress=self._compress,
                         write_tag_ref=lambda t, cid: refs.write(self.blobs, "tags", t, {"checkpoint": cid}))
         run_exit.track((id(self.index), run), lambda status, r=run: self._finish_at_exit(r, status))
         return self.get(m.id)
+
+    def wait(self) -> CheckpointInfo | None:
+        """Block until the last asynchronous save is committed; raises its error if it failed."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def open(self, selector: Any = "latest", *, run: str | None = None) -> LazyCheckpoint:
+        """A lazy view of one checkpoint: tensors are read (and checked) one at a time, on access."""
+        info = self.get(selector, run=run)
+        return LazyCheckpoint(self.blobs, self._ctx.manifest(info.id), info)
 
     def _parent_id(self, parent: Any) -> str:
         if isinstance(parent, CheckpointInfo):
@@ -159,7 +215,7 @@ class CheckpointStore:
         return self._rows(selector, run)[0]
 
     def manifest(self, selector: Any = "latest", *, run: str | None = None) -> mf.Manifest:
-        return read_manifest(self.blobs, self.get(selector, run=run).id)
+        return self._ctx.manifest(self.get(selector, run=run).id)
 
     def load(self, selector: Any = "latest", *, run: str | None = None, map_location: Any = None,
              key: Any = None, verify: bool = True) -> Any:
@@ -187,7 +243,7 @@ class CheckpointStore:
         candidates = self._rows(selector, run)
         for i, info in enumerate(candidates):
             try:
-                return work(read_manifest(self.blobs, info.id))
+                return work(self._ctx.manifest(info.id))
             except CorruptCheckpointError as exc:
                 if i + 1 == len(candidates):
                     raise
@@ -215,22 +271,19 @@ class CheckpointStore:
                 q = q.where(Checkpoint.run_id == Resolver(s).run_row(run).id)
             if tag is not None:
                 q = q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == tag)
-            infos = [self._info(r) for r in s.scalars(q.order_by(Checkpoint.seq))]
-            if sort is not None and sort not in ("created", "epoch"):
-                if mode is None:
-                    mode = Resolver(s).declared_mode(sort)
-                mode = check_mode(resolve_mode(sort, mode))
-        if sort == "epoch":
-            infos.sort(key=lambda i: (i.run, i.epoch, -1 if i.step is None else i.step))
-        elif sort is not None and sort != "created":
-            sign = -1.0 if mode == "max" else 1.0
-
-            def key(i: CheckpointInfo) -> tuple:
-                v = i.metrics.get(sort)
-                ok = v is not None and v == v and abs(v) != float("inf")
-                return (0, sign * v) if ok else (1, 0.0)  # type: ignore[operator]
-            infos.sort(key=key)
-        return infos[:limit] if limit is not None else infos
+            if sort is None or sort == "created":
+                q = q.order_by(Checkpoint.seq)
+            elif sort == "epoch":
+                q = q.join(Run, Run.id == Checkpoint.run_id).order_by(Run.name, Checkpoint.epoch,
+                                                                      Checkpoint.step_key, Checkpoint.seq)
+            else:
+                mode = check_mode(resolve_mode(sort, mode or Resolver(s).declared_mode(sort)))
+                m = aliased(Metric)
+                q = q.outerjoin(m, and_(m.checkpoint_id == Checkpoint.id, m.name == sort)).order_by(
+                    m.value.is_(None), m.value.desc() if mode == "max" else m.value.asc(), Checkpoint.seq)
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._info(r) for r in s.scalars(q)]
 
     def _info(self, row: Checkpoint) -> CheckpointInfo:
         return CheckpointInfo(
@@ -331,6 +384,7 @@ class CheckpointStore:
         for t in tags:
             refs.delete(self.blobs, "tags", t)
         self.blobs.delete(mf.path_for(info.id))
+        self._ctx.forget(info.id)
         self.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == info.id)))
         return info
 
@@ -391,5 +445,4 @@ class CheckpointStore:
         """What changed between two checkpoints; unchanged tensors are recognised by hash, unread."""
         from ckpt.diff import diff_checkpoints
         ia, ib = self.get(a), self.get(b)
-        return diff_checkpoints(self.blobs, ia, ib, read_manifest(self.blobs, ia.id),
-                                read_manifest(self.blobs, ib.id))
+        return diff_checkpoints(self.blobs, ia, ib, self._ctx.manifest(ia.id), self._ctx.manifest(ib.id))

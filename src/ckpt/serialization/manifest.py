@@ -36,12 +36,13 @@ class Slot:
     offset: int
     length: int
     codec: str
+    check: str  # xxh3-128 of the raw bytes: what every read verifies
     kind: str = "torch"
 
     def to_json(self) -> dict[str, Any]:
         return {"hash": self.hash, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes,
                 "pack": self.pack, "offset": self.offset, "length": self.length, "codec": self.codec,
-                "kind": self.kind}
+                "check": self.check, "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def loads(data: bytes, expected_id: str | None = None) -> Manifest:
         _need(isinstance(s.get("pack"), str) and bool(_HEX32.match(s["pack"])), f"slot {i} pack id")
         _need(isinstance(s.get("dtype"), str) and len(s["dtype"]) < 32, f"slot {i} dtype")
         _need(s.get("codec") in CODECS, f"slot {i} codec {s.get('codec')!r}")
+        _need(isinstance(s.get("check"), str) and bool(_HEX32.match(s["check"])), f"slot {i} check")
         _need(s.get("kind", "torch") in KINDS, f"slot {i} kind")
         shape = s.get("shape")
         _need(isinstance(shape, list) and len(shape) <= 64, f"slot {i} shape")
@@ -188,7 +190,7 @@ def loads(data: bytes, expected_id: str | None = None) -> Manifest:
                           nbytes=_int(s.get("nbytes"), f"slot {i} nbytes"), pack=s["pack"],
                           offset=_int(s.get("offset"), f"slot {i} offset"),
                           length=_int(s.get("length"), f"slot {i} length"),
-                          codec=s["codec"], kind=s.get("kind", "torch")))
+                          codec=s["codec"], check=s["check"], kind=s.get("kind", "torch")))
     raw_leaves = body.get("leaves")
     _need(isinstance(raw_leaves, list), "leaves is not a list")
     leaves = []

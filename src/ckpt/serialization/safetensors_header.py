@@ -32,11 +32,12 @@ _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 
 
 def build_header(entries: Sequence[tuple[str, str, Sequence[int], int]],
-                 metadata: dict[str, str] | None) -> tuple[bytes, list[tuple[int, int]]]:
+                 metadata: dict[str, str] | None, pad_to: int | None = None) -> tuple[bytes, list[tuple[int, int]]]:
     """Header prefix for ``entries`` (name, st dtype, shape, nbytes) laid out in order.
 
     Returns the prefix (length + padded JSON) and each entry's absolute (begin, end)
-    offset in the file ``prefix + data_0 + data_1 + ...``.
+    offset in the file ``prefix + data_0 + data_1 + ...``. ``pad_to`` pads the prefix with
+    spaces to exactly that many bytes (a multiple of 8), so data can be written before the header.
     """
     header: dict[str, Any] = {}
     if metadata is not None:
@@ -56,6 +57,10 @@ def build_header(entries: Sequence[tuple[str, str, Sequence[int], int]],
         pos += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    if pad_to is not None:
+        if pad_to % 8 or pad_to - 8 < len(raw):
+            raise ValueError(f"cannot pad a {len(raw) + 8}-byte header prefix to {pad_to} bytes")
+        raw += b" " * (pad_to - 8 - len(raw))
     if len(raw) > _SAFETENSORS_MAX_HEADER:
         raise ValueError(f"safetensors header of {len(raw)} bytes is too large; split the pack")
     start = 8 + len(raw)
