@@ -254,3 +254,12 @@ def test_compressed_store_round_trips_and_is_smaller(tmp_path):
     assert a.content_hash == b.content_hash  # hashes are of uncompressed bytes
     assert_same(state, packed.load())
     assert packed.verify().ok
+
+
+def test_content_hash_ignores_how_the_state_was_built(store):
+    name = "shared-string-value"
+    a = store.save("h", 0, {"k1": name, "k2": name, "w": torch.ones(3)})
+    b = store.save("h", 1, {"k1": "shared-string-" + "value", "k2": "".join(["shared-", "string-value"]),
+                            "w": torch.ones(3)})
+    c = store.save("h", 2, {"k1": name, "k2": name, "w": torch.zeros(3)})
+    assert a.content_hash == b.content_hash != c.content_hash

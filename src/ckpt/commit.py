@@ -49,8 +49,14 @@ def as_utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
-def writer_dead(host: str | None, pid: int | None, since: datetime) -> bool:
+#: Saves this process is running right now; a pending row of ours that is not here was abandoned.
+_IN_FLIGHT: set[str] = set()
+
+
+def writer_dead(host: str | None, pid: int | None, since: datetime, checkpoint_id: str | None = None) -> bool:
     if host == HOST and pid is not None:
+        if pid == os.getpid() and checkpoint_id is not None:
+            return checkpoint_id not in _IN_FLIGHT
         return not pid_alive(pid)
     return now() - as_utc(since) > STALE_AFTER
 
@@ -117,7 +123,7 @@ def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int 
     clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
                                                     Checkpoint.step_key == step_key))
     if clash is not None:
-        if clash.status == "pending" and writer_dead(clash.host, clash.pid, clash.created_at):
+        if clash.status == "pending" and writer_dead(clash.host, clash.pid, clash.created_at, clash.id):
             session.execute(delete(Checkpoint).where(Checkpoint.id == clash.id))
         else:
             what = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
@@ -161,7 +167,20 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
     """Run steps A-D for one snapshot; returns the committed manifest."""
     ckpt_id = uuid.uuid4().hex
     pack_id = uuid.uuid4().hex
-    parent = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id)
+    _IN_FLIGHT.add(ckpt_id)
+    try:
+        return _save(ctx, ckpt_id, pack_id, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step,
+                     parent=parent, default_parent=default_parent, tags=tags, compress=compress,
+                     write_tag_ref=write_tag_ref)
+    finally:
+        _IN_FLIGHT.discard(ckpt_id)
+
+
+def _save(ctx: Context, ckpt_id: str, pack_id: str, *, run: str, epoch: int, snap: Snapshot,
+          metrics: dict[str, float], step: int | None, parent: str | None, default_parent: bool,
+          tags: tuple[str, ...], compress: bool, write_tag_ref) -> mf.Manifest:  # type: ignore[no-untyped-def]
+    parent = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id,
+                                 durable=False)
     published: list[str] = []
     try:
         parent_manifest = None
@@ -175,7 +194,7 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
             written = persist.write_new(ctx.blobs, ctx.index, snap, parent_manifest, pack_id, compress, avoid)
             if written.pack_size:
                 published.append(mf.pack_path(pack_id))  # step B done
-            dead = ctx.index.write_txn(_pin, ckpt_id, written.slots, pack_id)
+            dead = ctx.index.write_txn(_pin, ckpt_id, written.slots, pack_id, durable=False)
             if not dead:
                 break
             avoid |= dead  # gc removed a pack we meant to reuse: write those tensors ourselves
@@ -189,13 +208,24 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
             new_bytes=written.pack_size, host=HOST, pid=os.getpid())
         ctx.blobs.write(mf.path_for(ckpt_id), [mf.dumps(manifest)], exclusive=True)  # step C
         published.append(mf.path_for(ckpt_id))
-        for tag in tags:
-            write_tag_ref(tag, ckpt_id)
     except BaseException:
         _abandon(ctx, ckpt_id, published)
         raise
-    ctx.index.write_txn(ingest, manifest, {pack_id: written.pack_size} if written.pack_size else {}, tags)  # D
+    # Step D. The manifest is durable, so a failure here must not strand the checkpoint: ingest is
+    # idempotent (recovery uses it too), so try once more; if the index still fails, the pending row is
+    # no longer in flight and the next open (or a save of the same epoch) rolls it forward.
+    sizes = {pack_id: written.pack_size} if written.pack_size else {}
+    try:
+        ctx.index.write_txn(ingest, manifest, sizes, tags)
+    except CkptError:
+        ctx.index.write_txn(ingest, manifest, sizes, tags)
     ctx.remember(manifest)
+    for tag in tags:  # the index has the tags; these files only let reindex restore them
+        try:
+            write_tag_ref(tag, ckpt_id)
+        except CkptError as exc:
+            log.warning("tag %r of %s is in the index but its ref file could not be written: %s",
+                        tag, ckpt_id[:12], exc)
     return manifest
 
 
@@ -273,7 +303,7 @@ def recover(ctx: Context) -> int:
         touched = 0
         rows = session.scalars(select(Checkpoint).where(Checkpoint.status.in_(("pending", "deleting")))).all()
         for row in rows:
-            if not writer_dead(row.host, row.pid, row.created_at):
+            if not writer_dead(row.host, row.pid, row.created_at, row.id):
                 continue
             touched += 1
             if row.status == "deleting":

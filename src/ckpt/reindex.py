@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
 from ckpt import refs
 from ckpt.commit import Context, ingest, now, touch_run
@@ -16,7 +16,10 @@ from ckpt.serialization import manifest as mf
 log = logging.getLogger("ckpt")
 
 
-def rebuild(ctx: Context) -> int:
+def rebuild(ctx: Context, *, only_if_empty: bool = False) -> int:
+    """Replace the index's contents with what storage says. With ``only_if_empty`` nothing happens unless
+    the index has no checkpoint row at all, checked inside the same write transaction (another process may
+    be saving its first checkpoint right now)."""
     manifests = []
     for e in ctx.blobs.list("manifests"):
         if not e.name.endswith(".json") or e.name.startswith("."):
@@ -32,6 +35,8 @@ def rebuild(ctx: Context) -> int:
     run_docs = refs.read_all(ctx.blobs, "runs")
 
     def txn(s) -> int:  # type: ignore[no-untyped-def]
+        if only_if_empty and s.scalar(select(func.count()).select_from(Checkpoint)):
+            return 0
         for table in (Ref, TensorBlob, Metric, Tag, Checkpoint, Pack, Run):
             s.execute(delete(table))
         for m in manifests:

@@ -122,7 +122,15 @@ class CheckpointStore:
         if any(e.name.endswith(".json") and not e.name.startswith(".") for e in self.blobs.list("manifests")):
             log.warning("index at %s is empty but the store has manifests: rebuilding it", self.index.url)
             from ckpt.reindex import rebuild
-            rebuild(self._ctx)
+            rebuild(self._ctx, only_if_empty=True)
+
+    @staticmethod
+    def exists(location: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> bool:
+        """Whether ``location`` holds a ckpt store (without creating one)."""
+        location = os.fspath(location)
+        if "://" not in location:
+            location = os.path.abspath(os.path.expanduser(location))
+        return BlobStore(location, storage_options).exists(MARKER)
 
     def close(self) -> None:
         try:
@@ -370,10 +378,13 @@ class CheckpointStore:
         self.index.write_txn(lambda s: s.execute(delete(Tag).where(Tag.name == name)))
         refs.delete(self.blobs, "tags", name)
 
-    def delete(self, selector: Any) -> CheckpointInfo:
-        """Remove a checkpoint from the index and its manifest; ``gc`` later frees unreferenced packs."""
+    def delete(self, selector: Any, *, free: bool = True) -> CheckpointInfo:
+        """Remove a checkpoint (index row, manifest, tags). With ``free``, the packs that only it used are
+        deleted at once; packs it shares with other checkpoints stay."""
         self._writable()
         info = self.get(selector)
+        from ckpt.retention import freed_packs
+        packs = freed_packs(self.index, [info.id]) if free else {}
 
         def mark(s):  # type: ignore[no-untyped-def]
             row = s.get(Checkpoint, info.id)
@@ -386,6 +397,9 @@ class CheckpointStore:
         self.blobs.delete(mf.path_for(info.id))
         self._ctx.forget(info.id)
         self.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == info.id)))
+        if packs:
+            from ckpt.gc import collect
+            collect(self._ctx, dry_run=False, grace_seconds=0, only=set(packs))
         return info
 
     def prune(self, *, keep_last: int | None = None, keep_best: int | None = None,

@@ -82,7 +82,8 @@ class LineProc:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"{self.name} did not exit within {timeout} s; stderr:\n{self.stderr[-4000:]}")
+            raise AssertionError(f"{self.name} did not exit within {timeout} s; "
+                                 f"stderr:\n{self.stderr[-4000:]}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -100,7 +100,8 @@ def temp_files(store_dir: str) -> list[str]:
 
 def pack_files(store_dir: str) -> set[str]:
     d = os.path.join(store_dir, "packs")
-    return {f[:-len(".safetensors")] for f in os.listdir(d) if f.endswith(".safetensors") and not f.startswith(".")}
+    return {f[:-len(".safetensors")] for f in os.listdir(d)
+            if f.endswith(".safetensors") and not f.startswith(".")}
 
 
 def manifest_files(store_dir: str) -> set[str]:
@@ -122,4 +123,5 @@ def non_committed_rows(store) -> list[tuple[str, str]]:
 
     from ckpt.index.schema import Checkpoint
     with store.index.read() as s:
-        return [(r.id, r.status) for r in s.scalars(select(Checkpoint).where(Checkpoint.status != "committed"))]
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.status != "committed"))
+        return [(r.id, r.status) for r in rows]

@@ -6,8 +6,8 @@ opens STORE (which runs crash recovery), resumes RUN at the epoch after its late
 ``fault_states.crash_state(epoch)`` in a loop, printing (unbuffered, one write per line)
 
     ready E        store open, first epoch to save is E
-    saving E       about to call store.save for epoch E
-    saved E ID     store.save returned (the checkpoint must now be durable)
+    saving E       about to call store.save for epoch E (odd epochs with blocking=False, then .result())
+    saved E ID     the save returned (the checkpoint must now be durable)
     idle           --max-saves reached; waits to be killed
 
 so the test can tell where a SIGKILL landed.
@@ -52,7 +52,10 @@ def write_loop(store_path: str, run: str, fd: int, max_saves: int) -> None:
     for _ in range(max_saves):
         state = fs.crash_state(epoch)
         emit(fd, f"saving {epoch}")
-        info = store.save(run, epoch, state, fs.crash_metrics(epoch))
+        if epoch % 2:  # odd epochs through the asynchronous path (commit on a background thread)
+            info = store.save(run, epoch, state, fs.crash_metrics(epoch), blocking=False).result()
+        else:
+            info = store.save(run, epoch, state, fs.crash_metrics(epoch))
         emit(fd, f"saved {epoch} {info.id}")
         epoch += 1
     emit(fd, "idle")

@@ -19,7 +19,7 @@ import os
 import posixpath
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,8 +42,10 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-#: Size of one part of a multipart upload; a blob at most this large is one PUT. S3 needs >= 5 MiB.
-S3_PART_SIZE = _env_int("CKPT_S3_PART_SIZE", 64 << 20)
+#: Size of the first parts of a multipart upload; a blob at most this large is one PUT. S3 needs
+#: >= 5 MiB. Every 1000 parts the size grows by this much, so S3's 10,000-part limit allows objects
+#: of 55,000 x this size (1.7 TiB at the default).
+S3_PART_SIZE = _env_int("CKPT_S3_PART_SIZE", 32 << 20)
 #: Parts of one upload in flight at once (memory use is about this many parts).
 S3_CONCURRENCY = max(1, _env_int("CKPT_S3_CONCURRENCY", 8))
 #: Set CKPT_S3_CONDITIONAL_WRITES=0 for S3-compatible servers that reject If-None-Match on PUT; writes
@@ -184,7 +186,7 @@ class BlobStore:
             return sync(self.fs.loop, self._s3_upload, bucket, key, chunks, conditional)
         except FileExistsError:
             raise
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # s3fs's OSErrors, and botocore's own (endpoint, credentials)
             raise StorageError(f"writing {self.url}/{rel} failed: {exc}. Nothing already committed was "
                                f"changed.") from exc
 
@@ -192,11 +194,12 @@ class BlobStore:
                          conditional: bool) -> int:
         match = {"IfNoneMatch": "*"} if conditional else {}
         call = self.fs._call_s3
-        parts = _split(chunks, max(1, self.part_size))
+        base = max(1, self.part_size)
+        parts = _split(chunks, lambda n: base * (1 + n // 1000))
         first = next(parts, bytearray())
         second = next(parts, None)
         if second is None:  # one request: the object appears whole or not at all
-            await call("put_object", Bucket=bucket, Key=key, Body=bytes(first), **match)
+            await call("put_object", Bucket=bucket, Key=key, Body=first, **match)
             return len(first)
         upload = await call("create_multipart_upload", Bucket=bucket, Key=key)
         upload_id = upload["UploadId"]
@@ -208,7 +211,7 @@ class BlobStore:
         async def put_part(number: int, body: bytearray) -> None:
             try:
                 out = await call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                 PartNumber=number, Body=bytes(body))
+                                 PartNumber=number, Body=body)
                 part = {"PartNumber": number, "ETag": out["ETag"]}
                 part.update({k: v for k, v in out.items() if k.startswith("Checksum") and k != "ChecksumType"})
                 done[number] = part
@@ -369,9 +372,12 @@ class BlobStore:
             self.fs.makedirs(self.path(directory), exist_ok=True)
 
 
-def _split(chunks: Iterable[bytes | memoryview], size: int) -> Iterator[bytearray]:
-    """Re-cut a stream of chunks into pieces of exactly ``size`` bytes (the last one shorter)."""
+def _split(chunks: Iterable[bytes | memoryview], size_of: Callable[[int], int]) -> Iterator[bytearray]:
+    """Re-cut a stream of chunks into pieces of exactly ``size_of(n)`` bytes for the n-th piece (from 0;
+    the last piece shorter)."""
     buf = bytearray()
+    n = 0
+    size = size_of(0)
     for chunk in chunks:
         view = memoryview(chunk)
         if view.format != "B" or view.ndim != 1:
@@ -384,6 +390,8 @@ def _split(chunks: Iterable[bytes | memoryview], size: int) -> Iterator[bytearra
             if len(buf) == size:
                 yield buf
                 buf = bytearray()
+                n += 1
+                size = size_of(n)
     if buf:
         yield buf
 

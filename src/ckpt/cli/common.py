@@ -1,18 +1,23 @@
-"""What every command shares: opening the store, printing JSON or tables, turning errors into exit codes."""
+"""What every command shares: opening the store, the --json switch, CLI errors, formatting values."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import click
 
-from ckpt.errors import CkptError
+
+class CliError(click.ClickException):
+    """A user error found by the command line itself (a file that exists, a bad option value)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:  # one line, like every other error
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @dataclass
@@ -21,23 +26,51 @@ class Ctx:
     index: str | None
     as_json: bool
 
-    def open(self, *, readonly: bool = True):  # type: ignore[no-untyped-def]
+    def open(self, *, readonly: bool = True, create: bool = False):  # type: ignore[no-untyped-def]
+        """The store, closed again when the command ends.
+
+        Read commands never create, migrate or recover anything. Write commands do not create a store
+        either (a mistyped --store must not leave an empty store behind), except with ``create``.
+        """
         from ckpt.store import CheckpointStore
         if not self.store_location:
-            raise click.UsageError("no store given: pass --store PATH_OR_URL or set CKPT_STORE")
-        return CheckpointStore(self.store_location, index=self.index, readonly=readonly)
+            raise CliError("no store given: pass --store PATH_OR_URL or set CKPT_STORE")
+        if not readonly and not _store_exists(self.store_location):
+            if not create:
+                from ckpt.errors import StoreNotFoundError
+                raise StoreNotFoundError(f"no ckpt store at {self.store_location}; check --store / CKPT_STORE")
+            click.echo(f"note: creating a new ckpt store at {self.store_location}", err=True)
+        store = CheckpointStore(self.store_location, index=self.index, readonly=readonly)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.call_on_close(store.close)
+        return store
+
+
+def _store_exists(location: str) -> bool:
+    """Whether ``location`` holds a store, looking only at its marker file (no index is opened)."""
+    import os
+
+    from ckpt.blobs import BlobStore
+    from ckpt.store import MARKER
+    if "://" not in location:
+        location = os.path.abspath(os.path.expanduser(location))
+    try:
+        return BlobStore(location).exists(MARKER)
+    except Exception:  # unreachable or malformed: let the real open report it
+        return True
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@contextmanager
-def fail_on_ckpt_errors() -> Iterator[None]:
-    try:
-        yield
-    except CkptError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+def json_option(f):  # type: ignore[no-untyped-def]
+    """``--json`` after the command name too (``ckpt diff A B --json``), same as ``ckpt --json diff``."""
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(Ctx).as_json = True
+    return click.option("--json", "as_json_local", is_flag=True, expose_value=False, is_eager=False,
+                        callback=set_json, help="Print machine-readable JSON.")(f)
 
 
 def emit_json(data: Any) -> None:
@@ -67,3 +100,25 @@ def fmt_metric(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}"
+
+
+def fmt_delta(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return ""
+    d = b - a
+    return f"{'+' if d >= 0 else ''}{d:.4g}"
+
+
+def describe(info: Any) -> str:
+    """``3f9a1c2b4d5e (resnet-a@7)``: how a checkpoint is named in messages."""
+    return f"{info.short_id} ({info.run}@{info.epoch}{'' if info.step is None else f' step {info.step}'})"
+
+
+def split_key(key: str | None) -> tuple[str, ...] | None:
+    """``--only optimizer/state`` as key path components (``/`` separates; state-dict keys have dots)."""
+    if key is None:
+        return None
+    parts = tuple(p for p in key.strip("/").split("/") if p)
+    if not parts:
+        raise CliError(f"--only {key!r} names no key; give a key such as 'model' or 'optimizer/state'")
+    return parts

@@ -1,4 +1,11 @@
-"""Apply Alembic migrations on open, inside one write transaction; refuse schemas from the future."""
+"""Apply Alembic migrations on open, inside one write transaction; refuse schemas from the future.
+
+The upgrade runs on a connection of the index's *write* engine, so it holds the same lock as every
+writer (SQLite ``BEGIN IMMEDIATE``; PostgreSQL's transaction-scoped advisory lock): when many processes
+or hosts open a new or old index at the same moment, one migrates and the others, once they get the
+lock, find the head revision already there and do nothing. PostgreSQL runs DDL transactionally, so
+there too a killed migration leaves the old schema or the new one, never half of it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import OperationalError
 
-from ckpt.errors import SchemaVersionError
+from ckpt.errors import SchemaVersionError, StorageError
 from ckpt.index.engine import Index
 
 
@@ -24,8 +32,13 @@ def head_revision() -> str:
 
 
 def current_revision(index: Index) -> str | None:
-    with index.engine.connect() as conn:
-        heads = MigrationContext.configure(conn).get_current_heads()
+    try:
+        with index.engine.connect() as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+    except OperationalError as exc:
+        raise StorageError(f"cannot open the index database {index.url}: {exc.orig}; check the URL, that "
+                           f"the server is running and reachable, the database exists and the "
+                           f"credentials are right") from exc
     return heads[0] if heads else None
 
 
@@ -45,7 +58,20 @@ def ensure_schema(index: Index, *, readonly: bool) -> None:
         raise SchemaVersionError(
             f"the index at {index.url} has schema revision {current!r} but this ckpt needs {head!r}; "
             f"read-only commands never migrate: run `ckpt migrate` (or open the store for writing) first")
+    index.write_txn(_upgrade, index, head, known)
+
+
+def _upgrade(session, index: Index, head: str, known: set[str]) -> None:  # type: ignore[no-untyped-def]
+    """Inside the write lock: look again (another process may have migrated meanwhile), then upgrade."""
+    conn = session.connection()  # begins the transaction, taking the writers' lock
+    heads = MigrationContext.configure(conn).get_current_heads()
+    current = heads[0] if heads else None
+    if current == head:
+        return
+    if current is not None and current not in known:  # a newer ckpt migrated while we waited
+        raise SchemaVersionError(
+            f"the index at {index.url} has schema revision {current!r}, newer than this ckpt understands "
+            f"(head {head!r}); upgrade ckpt (`pip install -U ckpt`) to open it")
     cfg = _config()
-    with index._write_engine.begin() as conn:  # one transaction: a kill leaves old or new, never half
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    cfg.attributes["connection"] = conn  # one transaction: a kill leaves old or new, never half
+    command.upgrade(cfg, "head")

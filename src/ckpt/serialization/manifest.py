@@ -17,6 +17,7 @@ from typing import Any
 import blake3
 
 from ckpt.errors import CorruptCheckpointError
+from ckpt.serialization.skeleton import TensorSlot, load_structure
 
 FORMAT = 1
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
@@ -70,12 +71,43 @@ class Manifest:
 
 
 def content_hash(skeleton: bytes, slots: list[Slot] | tuple[Slot, ...]) -> str:
-    """Identity of a checkpoint's content: equal states give equal hashes, whatever the codec."""
-    h = blake3.blake3(b"ckpt-content-v1\0")
-    h.update(blake3.blake3(skeleton).digest())
-    for s in slots:
-        h.update(f"{s.hash}:{s.kind}\0".encode())
+    """Identity of a checkpoint's content: equal states give equal hashes, whatever the codec, the pickle
+    memo (shared vs equal objects) or the tensors' slot numbering.
+
+    It hashes a canonical walk of the structure: containers with their type, length and items, tensors by
+    content hash and kind, other values by type and repr.
+    """
+    h = blake3.blake3(b"ckpt-content-v2\0")
+    _canon(load_structure(skeleton, len(slots)), h, slots)
     return h.hexdigest()
+
+
+def _canon(obj: Any, h: Any, slots: list[Slot] | tuple[Slot, ...]) -> None:
+    if isinstance(obj, TensorSlot):
+        s = slots[obj.slot]
+        h.update(f"T{s.hash}:{s.kind};".encode())
+    elif isinstance(obj, dict):
+        h.update(f"D{type(obj).__name__}:{len(obj)};".encode())
+        for k, v in obj.items():
+            _canon(k, h, slots)
+            _canon(v, h, slots)
+        attrs = getattr(obj, "__dict__", None)
+        if attrs:
+            _canon(dict(sorted(attrs.items())), h, slots)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{type(obj).__name__}:{len(obj)};".encode())
+        for v in obj:
+            _canon(v, h, slots)
+    elif isinstance(obj, (set, frozenset)):
+        parts = []
+        for v in obj:
+            sub = blake3.blake3()
+            _canon(v, sub, slots)
+            parts.append(sub.digest())
+        h.update(f"S{type(obj).__name__}:{len(obj)};".encode() + b"".join(sorted(parts)))
+    else:
+        text = repr(obj).encode("utf-8", "surrogatepass")
+        h.update(f"V{type(obj).__module__}.{type(obj).__qualname__}:{len(text)};".encode() + text)
 
 
 def _encode_float(v: float) -> float | str:
