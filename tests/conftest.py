@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,8 +33,11 @@ def assert_same(a, b, path="root"):
     assert type(a) is type(b), f"{path}: {type(a)} != {type(b)}"
     if isinstance(a, torch.Tensor):
         assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a.reshape(-1).view(torch.uint8) if a.numel() else a,
-                           b.reshape(-1).view(torch.uint8) if b.numel() else b), path
+        if a.numel():  # compare bits: works for every dtype, and NaNs compare equal to themselves
+            assert torch.equal(a.contiguous().reshape(-1).view(torch.uint8),
+                               b.contiguous().reshape(-1).view(torch.uint8)), path
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), path
     elif isinstance(a, dict):
         assert list(a.keys()) == list(b.keys()), path
         for k in a:
@@ -46,3 +50,7 @@ def assert_same(a, b, path="root"):
         assert b != b, path
     else:
         assert a == b, path
+
+
+# --- backend servers (tests/servers.py): PostgreSQL and moto S3, started on first use ---------------
+from servers import pg_url, postgres_server, s3_server, s3_url  # noqa: E402,F401

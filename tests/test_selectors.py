@@ -111,7 +111,11 @@ def test_duplicate_epoch_is_refused_and_first_kept(filled):
         filled.save("a", 1, {"w": torch.zeros(4)})
     assert torch.equal(filled.load("a@1")["w"], torch.full((4,), 1.0))
     filled.save("a", 1, {"w": torch.zeros(4)}, step=500)  # a mid-epoch step is a different checkpoint
-    assert filled.get("a@1").step == 500
+    assert filled.get("a@1").step is None  # RUN@EPOCH prefers the epoch-end checkpoint
+    filled.save("a", 7, {"w": torch.zeros(4)}, step=700)
+    filled.save("a", 7, {"w": torch.zeros(4)}, step=750)
+    assert filled.get("a@7").step == 750  # else the epoch's last step
+    assert [i.step for i in filled.list(run="a", sort="epoch") if i.epoch == 1] == [500, None]
 
 
 @pytest.mark.parametrize("run", ["", "x@y", "latest", "a~2", "bad\0name", "r:best", 5, "  pad"])

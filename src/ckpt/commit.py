@@ -109,6 +109,15 @@ def touch_run(session: Session, name: str, *, status: str | None = "running") ->
     return run
 
 
+#: The step key of a checkpoint saved without a step: after every stepped checkpoint of its epoch, so
+#: RUN@EPOCH means the epoch-end checkpoint when there is one. (NULLs never collide in UNIQUE, hence a key.)
+NO_STEP = 2**62
+
+
+def step_key(step: int | None) -> int:
+    return NO_STEP if step is None else step
+
+
 def _latest_id(session: Session, run_id: int) -> str | None:
     return session.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id,
                                                       Checkpoint.status == "committed")
@@ -119,9 +128,9 @@ def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int 
            parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> str | None:
     """Step A: claim (run, epoch, step) with a pending row. Returns the parent id."""
     run = touch_run(session, run_name)
-    step_key = -1 if step is None else step
+    key = step_key(step)
     clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
-                                                    Checkpoint.step_key == step_key))
+                                                    Checkpoint.step_key == key))
     if clash is not None:
         if clash.status == "pending" and writer_dead(clash.host, clash.pid, clash.created_at, clash.id):
             session.execute(delete(Checkpoint).where(Checkpoint.id == clash.id))
@@ -134,7 +143,7 @@ def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int 
                 f"epoch/step, or delete it first with store.delete({run_name + '@' + str(epoch)!r})")
     if default_parent:
         parent = _latest_id(session, run.id)
-    session.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=step_key,
+    session.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=key,
                            status="pending", created_at=now(), parent_id=parent,
                            logical_size=snap.logical_size, new_bytes=0, host=HOST, pid=os.getpid()))
     session.flush()
@@ -249,7 +258,7 @@ def ingest(session: Session, m: mf.Manifest, pack_sizes: dict[str, int], tags: I
     created = datetime.fromisoformat(m.created_at) if m.created_at else now()
     if row is None:
         row = Checkpoint(id=m.id, run_id=run.id, epoch=m.epoch, step=m.step,
-                         step_key=-1 if m.step is None else m.step, status="pending", created_at=created,
+                         step_key=step_key(m.step), status="pending", created_at=created,
                          parent_id=m.parent, logical_size=m.logical_size, new_bytes=m.new_bytes,
                          host=m.host, pid=m.pid)
         session.add(row)

@@ -38,7 +38,7 @@ class CheckpointInfo:
 @dataclass(frozen=True)
 class RunInfo:
     name: str
-    status: str  # running | completed | failed | crashed
+    status: str  # running | completed | failed | interrupted | crashed
     objective: str | None
     mode: str | None
     created_at: datetime

@@ -47,7 +47,7 @@ def rebuild(ctx: Context, *, only_if_empty: bool = False) -> int:
             run = touch_run(s, doc["name"], status=None)
             if doc.get("objective") and doc.get("mode") in ("max", "min"):
                 run.objective_metric, run.objective_mode = str(doc["objective"]), doc["mode"]
-            if doc.get("status") in ("completed", "failed"):
+            if doc.get("status") in ("completed", "failed", "interrupted"):
                 run.status = doc["status"]
         known = {m.id for m in manifests}
         for doc in tag_docs:

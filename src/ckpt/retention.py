@@ -11,10 +11,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from ckpt.errors import InvalidArgumentError, MetricDirectionError
 from ckpt.index.engine import Index
-from ckpt.index.schema import Pack, Ref
+from ckpt.index.schema import Checkpoint, Pack, Ref, Run
 from ckpt.metrics import check_mode, infer_mode, resolve_mode
 from ckpt.records import CheckpointInfo
 
@@ -54,14 +55,13 @@ def _best(infos: list[CheckpointInfo], metric: str, mode: str, k: int) -> list[C
 
 
 def plan(infos_by_run: dict[str, list[CheckpointInfo]], objectives: dict[str, tuple[str | None, str | None]],
-         policy: RetentionPolicy, all_infos: list[CheckpointInfo]) -> PrunePlan:
-    """Decide per run; ``infos_by_run`` lists each run's committed checkpoints oldest first."""
+         policy: RetentionPolicy, branch_points: dict[str, str]) -> PrunePlan:
+    """Decide per run; ``infos_by_run`` lists each run's committed checkpoints oldest first, and
+    ``branch_points`` maps a checkpoint id to a run that was resumed or fine-tuned from it."""
     result = PrunePlan()
     why: dict[str, list[str]] = defaultdict(list)
-    run_of = {i.id: i.run for i in all_infos}
-    for info in all_infos:  # branch points: parents in another run
-        if info.parent and info.parent in run_of and run_of[info.parent] != info.run:
-            why[info.parent].append(f"branch point of run {info.run!r}")
+    for cid, child_run in branch_points.items():
+        why[cid].append(f"branch point of run {child_run!r}")
     for run, infos in infos_by_run.items():
         if not infos:
             continue
@@ -98,6 +98,22 @@ def plan(infos_by_run: dict[str, list[CheckpointInfo]], objectives: dict[str, tu
             (result.keep if why.get(i.id) else result.remove).append(i)
     result.reasons = {k: v for k, v in why.items() if k in {i.id for i in result.keep}}
     return result
+
+
+def branch_points(index: Index, ids: list[str]) -> dict[str, str]:
+    """Which of ``ids`` are parents of a committed checkpoint in another run (and that run's name)."""
+    out: dict[str, str] = {}
+    with index.read() as s:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            parent = aliased(Checkpoint)
+            rows = s.execute(select(Checkpoint.parent_id, Run.name)
+                             .join(parent, parent.id == Checkpoint.parent_id)
+                             .join(Run, Run.id == Checkpoint.run_id)
+                             .where(Checkpoint.parent_id.in_(chunk), Checkpoint.status == "committed",
+                                    Checkpoint.run_id != parent.run_id)).all()
+            out.update({p: name for p, name in rows})
+    return out
 
 
 def freed_packs(index: Index, remove_ids: list[str]) -> dict[str, int]:

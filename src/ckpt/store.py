@@ -36,6 +36,8 @@ from ckpt.staging import Staging
 log = logging.getLogger("ckpt")
 MARKER = "ckpt-store.json"
 COMPRESSION = ("auto", "none", "zstd")
+#: Statuses a run can be given; "crashed" is never stored: it is what a dead "running" run reports.
+RUN_STATUSES = ("completed", "failed", "interrupted", "running")
 
 
 class PendingSave:
@@ -226,17 +228,25 @@ class CheckpointStore:
         return self._ctx.manifest(self.get(selector, run=run).id)
 
     def load(self, selector: Any = "latest", *, run: str | None = None, map_location: Any = None,
-             key: Any = None, verify: bool = True) -> Any:
+             key: Any = None, verify: bool | str = True, with_info: bool = False) -> Any:
         """The saved structure, exactly (tensors on CPU unless ``map_location``).
 
         ``key`` loads one sub-tree (e.g. "model") and reads only its bytes. For "latest" and "best"
-        forms a damaged checkpoint is skipped, with a warning, for the next one.
+        forms a damaged checkpoint is skipped, with a warning, for the next one; ``with_info=True``
+        returns ``(state, CheckpointInfo)`` so the caller knows which one it got.
         """
-        return self._with_fallback(selector, run, lambda m: load_state(
-            self.blobs, m, key=key, map_location=map_location, verify=verify))
+        used: list[mf.Manifest] = []
+
+        def work(m: mf.Manifest) -> Any:
+            state = load_state(self.blobs, m, key=key, map_location=map_location, verify=verify)
+            used.append(m)
+            return state
+
+        state = self._with_fallback(selector, run, work)
+        return (state, self.get(used[-1].id)) if with_info else state
 
     def load_into(self, target: Any, selector: Any = "latest", *, key: Any = "model", strict: bool = True,
-                  run: str | None = None, verify: bool = True) -> LoadReport:
+                  run: str | None = None, verify: bool | str = True) -> LoadReport:
         """Restore into existing tensors in place (a module, a dict of tensors, or an optimizer)."""
         out: list[Any] = []
 
@@ -316,10 +326,11 @@ class CheckpointStore:
         refs.write(self.blobs, "runs", run, {"objective": metric, "mode": mode, "status": status})
 
     def finish_run(self, run: str, status: str = "completed") -> None:
-        """Mark a run completed or failed (done automatically at interpreter exit for runs saved to)."""
+        """Mark a run completed, failed or interrupted (preempted, Ctrl-C). Runs saved to are marked
+        completed (or failed, after an unhandled exception) automatically when the interpreter exits."""
         self._writable()
-        if status not in ("completed", "failed", "running"):
-            raise InvalidArgumentError(f"status must be 'completed', 'failed' or 'running', not {status!r}")
+        if status not in RUN_STATUSES:
+            raise InvalidArgumentError(f"status must be one of {RUN_STATUSES}, not {status!r}")
         run = validation.run_name(run)
 
         def txn(s):  # type: ignore[no-untyped-def]
@@ -411,21 +422,17 @@ class CheckpointStore:
         Returns a PrunePlan (kept with reasons, removed, bytes freed).
         """
         from ckpt.gc import collect
-        from ckpt.retention import RetentionPolicy, freed_packs, plan
+        from ckpt.retention import RetentionPolicy, branch_points, freed_packs, plan
         policy = RetentionPolicy(keep_last, keep_best, keep_every, metric, mode)
         if not dry_run:
             self._writable()
-        everything = self.list()
         by_run: dict[str, list[CheckpointInfo]] = {}
-        for info in everything:
-            if run is None or info.run == run:
-                by_run.setdefault(info.run, []).append(info)
-        if run is not None and run not in by_run:
-            with self.index.read() as s:
-                Resolver(s).run_row(run)  # raises a clear error for an unknown run
+        for info in self.list(run=run):  # raises a clear error for an unknown run
+            by_run.setdefault(info.run, []).append(info)
         with self.index.read() as s:
             objectives = {r.name: (r.objective_metric, r.objective_mode) for r in s.scalars(select(Run))}
-        result = plan(by_run, objectives, policy, everything)
+        ids = [i.id for infos in by_run.values() for i in infos]
+        result = plan(by_run, objectives, policy, branch_points(self.index, ids))
         packs = freed_packs(self.index, [i.id for i in result.remove])
         result.bytes_freed = sum(packs.values())
         result.dry_run = dry_run

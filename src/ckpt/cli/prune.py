@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ckpt.commit import step_key
+
 import click
 
 from ckpt.cli import console
@@ -62,7 +64,7 @@ def command(ctx, keep_last, keep_best, keep_every, mode, run, dry_run) -> None: 
     metric_names = list(dict.fromkeys(m for i in plan.keep + plan.remove for m in i.metrics))
     t = console.table("", "id", "run", "epoch", *metric_names, "why kept", right=("epoch", *metric_names))
     rows = sorted([(i, True) for i in plan.keep] + [(i, False) for i in plan.remove],
-                  key=lambda r: (r[0].run, r[0].epoch, -1 if r[0].step is None else r[0].step))
+                  key=lambda r: (r[0].run, r[0].epoch, step_key(r[0].step)))
     for info, kept in rows:
         t.add_row("keep" if kept else ("would remove" if dry_run else "removed"), info.short_id, info.run,
                   str(info.epoch), *[fmt_metric(info.metrics.get(m)) for m in metric_names],

@@ -45,7 +45,7 @@ class Checkpoint(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     epoch: Mapped[int] = mapped_column(Integer)
     step: Mapped[int | None] = mapped_column(BigInteger)
-    # step, or -1 when there is none: NULLs never collide in a UNIQUE constraint.
+    # step, or commit.NO_STEP when there is none: NULLs never collide in a UNIQUE constraint.
     step_key: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(12))  # pending | committed | deleting
     seq: Mapped[int | None] = mapped_column(BigInteger)  # commit order, set when committed
