@@ -18,14 +18,25 @@ from ckpt.staging import Staging
 
 @dataclass
 class SlotData:
-    tensor: torch.Tensor  # contiguous CPU tensor holding the bytes (keeps `data` alive)
-    data: memoryview
+    tensor: torch.Tensor  # contiguous CPU tensor holding the bytes
     dtype: str
     shape: tuple[int, ...]
     kind: str
     path: tuple  # the first key path that refers to this slot
     check: str | None = None  # xxh3-128 of the bytes, filled by persist
     hash: str | None = None  # blake3 content hash, filled by persist
+    _data: memoryview | None = None
+
+    @property
+    def data(self) -> memoryview:
+        """The raw bytes (made on first use: not on the blocking path of an async save)."""
+        if self._data is None:
+            self._data = byte_view(self.tensor)
+        return self._data
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
 
 
 @dataclass
@@ -36,7 +47,7 @@ class Snapshot:
 
     @property
     def logical_size(self) -> int:
-        return sum(len(s.data) for s in self.slots)
+        return sum(s.nbytes for s in self.slots)
 
 
 def describe(path: tuple) -> str:
@@ -55,6 +66,6 @@ def take(state: Any, staging: Staging | None = None) -> Snapshot:
         tensors = staging.stage(flat.tensors)
     else:
         tensors = [contiguous_cpu(t) for t in flat.tensors]
-    slots = [SlotData(t, byte_view(t), dtype_name(t.dtype), tuple(t.shape), kind, first_path.get(i, ()))
+    slots = [SlotData(t, dtype_name(t.dtype), tuple(t.shape), kind, first_path.get(i, ()))
              for i, (t, kind) in enumerate(zip(tensors, flat.kinds))]
     return Snapshot(flat.skeleton, slots, list(flat.leaves))
