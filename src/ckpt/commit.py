@@ -18,7 +18,8 @@ import socket
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, insert, select
@@ -124,9 +125,13 @@ def _latest_id(session: Session, run_id: int) -> str | None:
                           .order_by(Checkpoint.seq.desc()).limit(1))
 
 
-def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
-           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> str | None:
-    """Step A: claim (run, epoch, step) with a pending row. Returns the parent id."""
+def claim(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
+          parent: str | None, default_parent: bool, logical_size: int = 0) -> str | None:
+    """Step A: claim (run, epoch, step) with a pending row (a dead writer's claim is taken over).
+
+    Returns the parent id: ``parent``, or with ``default_parent`` the run's latest committed checkpoint.
+    Writers other than :func:`save` (the torch.distributed integration) use this too.
+    """
     run = touch_run(session, run_name)
     key = step_key(step)
     clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
@@ -145,9 +150,16 @@ def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int 
         parent = _latest_id(session, run.id)
     session.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=key,
                            status="pending", created_at=now(), parent_id=parent,
-                           logical_size=snap.logical_size, new_bytes=0, host=HOST, pid=os.getpid()))
+                           logical_size=logical_size, new_bytes=0, host=HOST, pid=os.getpid()))
     session.flush()
-    # Pin the pack this save is about to write, so no gc can take it before the refs name its tensors.
+    return parent
+
+
+def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
+           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> str | None:
+    """Step A of a save: the claim, plus a ref naming the pack it is about to write, so no gc can take
+    that pack before the refs name its tensors."""
+    parent = claim(session, ckpt_id, run_name, epoch, step, parent, default_parent, snap.logical_size)
     session.add(Ref(checkpoint_id=ckpt_id, hash="", pack_id=new_pack))
     return parent
 
@@ -176,13 +188,28 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
     """Run steps A-D for one snapshot; returns the committed manifest."""
     ckpt_id = uuid.uuid4().hex
     pack_id = uuid.uuid4().hex
-    _IN_FLIGHT.add(ckpt_id)
-    try:
+    with in_flight(ckpt_id):
         return _save(ctx, ckpt_id, pack_id, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step,
                      parent=parent, default_parent=default_parent, tags=tags, compress=compress,
                      write_tag_ref=write_tag_ref)
+
+
+def hold(checkpoint_id: str) -> None:
+    """Mark a claim as being worked on by this process, so recovery here does not take it for abandoned."""
+    _IN_FLIGHT.add(checkpoint_id)
+
+
+def release(checkpoint_id: str) -> None:
+    _IN_FLIGHT.discard(checkpoint_id)
+
+
+@contextmanager
+def in_flight(checkpoint_id: str) -> Iterator[None]:
+    hold(checkpoint_id)
+    try:
+        yield
     finally:
-        _IN_FLIGHT.discard(ckpt_id)
+        release(checkpoint_id)
 
 
 def _save(ctx: Context, ckpt_id: str, pack_id: str, *, run: str, epoch: int, snap: Snapshot,
@@ -215,27 +242,41 @@ def _save(ctx: Context, ckpt_id: str, pack_id: str, *, run: str, epoch: int, sna
             metrics=metrics, skeleton=snap.skeleton, slots=tuple(written.slots), leaves=tuple(snap.leaves),
             content_hash=mf.content_hash(snap.skeleton, written.slots), logical_size=snap.logical_size,
             new_bytes=written.pack_size, host=HOST, pid=os.getpid())
-        ctx.blobs.write(mf.path_for(ckpt_id), [mf.dumps(manifest)], exclusive=True)  # step C
-        published.append(mf.path_for(ckpt_id))
+        sizes = {pack_id: written.pack_size} if written.pack_size else {}
+        publish(ctx, manifest, sizes, tags, write_tag_ref, published)
     except BaseException:
         _abandon(ctx, ckpt_id, published)
         raise
-    # Step D. The manifest is durable, so a failure here must not strand the checkpoint: ingest is
-    # idempotent (recovery uses it too), so try once more; if the index still fails, the pending row is
-    # no longer in flight and the next open (or a save of the same epoch) rolls it forward.
-    sizes = {pack_id: written.pack_size} if written.pack_size else {}
+    return manifest
+
+
+def publish(ctx: Context, manifest: mf.Manifest, pack_sizes: dict[str, int], tags: tuple[str, ...],
+            write_tag_ref, published: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Steps C and D for a manifest whose packs are durable and pinned. It raises only while the manifest
+    is not yet published (the caller then abandons the claim); once it is, the checkpoint is durable and
+    a failing index is retried once, then left pending for recovery to roll forward."""
+    ctx.blobs.write(mf.path_for(manifest.id), [mf.dumps(manifest)], exclusive=True)  # step C
+    if published is not None:
+        published.append(mf.path_for(manifest.id))
+    # Step D: ingest is idempotent (recovery uses it too), so try once more. If the index still fails,
+    # the pending row is no longer in flight and the next open (or a save of the same epoch) rolls it
+    # forward.
     try:
-        ctx.index.write_txn(ingest, manifest, sizes, tags)
-    except CkptError:
-        ctx.index.write_txn(ingest, manifest, sizes, tags)
+        try:
+            ctx.index.write_txn(ingest, manifest, pack_sizes, tags)
+        except CkptError:
+            ctx.index.write_txn(ingest, manifest, pack_sizes, tags)
+    except CkptError as exc:
+        log.error("checkpoint %s is durable but the index failed twice (%s); it will be indexed when the "
+                  "store is next opened", manifest.id[:12], exc)
+        raise
     ctx.remember(manifest)
     for tag in tags:  # the index has the tags; these files only let reindex restore them
         try:
-            write_tag_ref(tag, ckpt_id)
+            write_tag_ref(tag, manifest.id)
         except CkptError as exc:
             log.warning("tag %r of %s is in the index but its ref file could not be written: %s",
-                        tag, ckpt_id[:12], exc)
-    return manifest
+                        tag, manifest.id[:12], exc)
 
 
 def _abandon(ctx: Context, ckpt_id: str, published: list[str]) -> None:

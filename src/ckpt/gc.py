@@ -63,6 +63,8 @@ def collect(ctx: Context, *, dry_run: bool, grace_seconds: float, only: set[str]
             ctx.blobs.delete(mf.pack_path(p))
     if doomed and not dry_run:
         ctx.index.write_txn(lambda s: s.execute(delete(Pack).where(Pack.id.in_(doomed), Pack.status == "deleting")))
+    for key in ctx.blobs.abort_stale_uploads(grace_seconds, dry_run=dry_run):  # killed multipart uploads
+        report.temp_files.append(f"upload:{key}")
     for directory in ("packs", "manifests", "refs/tags", "refs/runs", ""):
         for e in ctx.blobs.list(directory):
             pid = temp_owner_pid(e.name)
