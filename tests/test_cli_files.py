@@ -21,35 +21,11 @@ from ckpt.cli import cli
 CKPT = os.path.join(os.path.dirname(sys.executable), "ckpt")
 
 
+from conftest import assert_same as same  # noqa: E402
+
+
 def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def bits(t):
-    t = t.detach().contiguous().reshape(-1)
-    return t.view(torch.uint8) if t.numel() else t
-
-
-def same(a, b, path="root"):
-    """Exact equality: container types, key order, dtypes, shapes and every bit of every tensor."""
-    assert type(a) is type(b), f"{path}: {type(a).__name__} != {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert (a.dtype, a.shape) == (b.dtype, b.shape), path
-        assert torch.equal(bits(a), bits(b)), path
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), path
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        for k in a:
-            same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{path}/{i}")
-    elif isinstance(a, float) and a != a:
-        assert b != b, path
-    else:
-        assert a == b, path
 
 
 def training_state():
