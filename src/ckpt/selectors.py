@@ -97,21 +97,22 @@ class Resolver:
                                           f"{', '.join(map(repr, names)) or 'none'}")
         return run
 
-    def candidates(self, p: Parsed, run: str | None = None, mode: str | None = None) -> list[Checkpoint]:
-        """Matching checkpoints, best first; more than one only for latest/best forms."""
+    def candidates(self, p: Parsed, run: str | None = None, mode: str | None = None,
+                   limit: int = MAX_CANDIDATES) -> list[Checkpoint]:
+        """Matching checkpoints, best first (at most ``limit``); more than one only for latest/best forms."""
         run = p.run or run
         if p.kind == "latest":
             q = self._committed()
             if run is not None:
                 q = q.where(Checkpoint.run_id == self.run_row(run).id)
-            rows = list(self.s.scalars(q.order_by(Checkpoint.seq.desc()).limit(MAX_CANDIDATES)))
+            rows = list(self.s.scalars(q.order_by(Checkpoint.seq.desc()).limit(limit)))
             if not rows:
                 raise CheckpointNotFoundError(
                     "the store has no committed checkpoint" + (f" for run {run!r}" if run else "") +
                     "; save one with store.save(run, epoch, state)")
             return rows
         if p.kind == "best":
-            return self.best(p.metric, mode=mode, run=run)
+            return self.best(p.metric, mode=mode, run=run, limit=limit)
         if p.kind == "epoch":
             q = self._committed().where(Checkpoint.run_id == self.run_row(p.run).id,  # type: ignore[arg-type]
                                         Checkpoint.epoch == p.epoch)
@@ -214,13 +215,14 @@ class Resolver:
         return row
 
 
-def resolve(session: Session, selector: str, *, run: str | None = None, mode: str | None = None) -> list[Checkpoint]:
+def resolve(session: Session, selector: str, *, run: str | None = None, mode: str | None = None,
+            limit: int = MAX_CANDIDATES) -> list[Checkpoint]:
     """All checkpoints a selector may mean, preferred first (a single one unless it can fall back)."""
     if run is not None and (not isinstance(run, str) or not run):
         raise InvalidArgumentError(f"run must be a non-empty string, got {run!r}")
     p = parse(selector)
     r = Resolver(session)
-    rows = r.candidates(p, run=run, mode=mode)
+    rows = r.candidates(p, run=run, mode=mode, limit=1 if p.back else limit)
     if p.back:
         return [r.walk_back(rows[0], p.back, selector)]
     return rows if p.falls_back else rows[:1]

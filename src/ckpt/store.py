@@ -214,15 +214,16 @@ class CheckpointStore:
         return self.get(parent).id
 
     # -- reading -------------------------------------------------------------------------------
-    def _rows(self, selector: Any, run: str | None = None, mode: str | None = None) -> list[CheckpointInfo]:
+    def _rows(self, selector: Any, run: str | None = None, mode: str | None = None,
+              limit: int = 50) -> list[CheckpointInfo]:
         if isinstance(selector, CheckpointInfo):
             selector = selector.id
         with self.index.read() as s:
-            return [self._info(r) for r in resolve(s, selector, run=run, mode=mode)]
+            return [self._info(r) for r in resolve(s, selector, run=run, mode=mode, limit=limit)]
 
     def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
         """The index entry a selector names (no data is read)."""
-        return self._rows(selector, run)[0]
+        return self._rows(selector, run, limit=1)[0]
 
     def manifest(self, selector: Any = "latest", *, run: str | None = None) -> mf.Manifest:
         return self._ctx.manifest(self.get(selector, run=run).id)
