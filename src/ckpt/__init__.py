@@ -8,7 +8,8 @@
 """
 
 from ckpt.errors import (AmbiguousSelectorError, CheckpointNotFoundError, CkptError, CorruptCheckpointError,
-                         DuplicateCheckpointError, InvalidArgumentError, KeyMismatchError, MetricDirectionError,
+                         DuplicateCheckpointError, IndexCorruptError, InvalidArgumentError, KeyMismatchError,
+                         MetricDirectionError,
                          MissingBlobError, ReadOnlyStoreError, SchemaVersionError, SelectorError, StorageError,
                          StoreNotFoundError, UnsafeMetadataError, UnsupportedTypeError)
 from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointStore", "CheckpointInfo", "CheckpointDiff", "LoadReport", "RunInfo", "VerifyReport",
     "CkptError", "AmbiguousSelectorError", "CheckpointNotFoundError", "CorruptCheckpointError",
-    "DuplicateCheckpointError", "InvalidArgumentError", "KeyMismatchError", "MetricDirectionError",
+    "DuplicateCheckpointError", "IndexCorruptError", "InvalidArgumentError", "KeyMismatchError", "MetricDirectionError",
     "MissingBlobError", "ReadOnlyStoreError", "SchemaVersionError", "SelectorError", "StorageError",
     "StoreNotFoundError", "UnsafeMetadataError", "UnsupportedTypeError", "__version__",
 ]

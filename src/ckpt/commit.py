@@ -29,7 +29,7 @@ from ckpt.blobs import BlobStore
 from ckpt.blobs.local import pid_alive
 from ckpt import persist
 from ckpt.errors import (CkptError, CorruptCheckpointError, DuplicateCheckpointError, MissingBlobError,
-                         StorageError)
+                         StorageError, UnsafeMetadataError)
 from ckpt.index.engine import Index
 from ckpt.index.schema import Checkpoint, Metric, Pack, Ref, Run, Tag, TensorBlob
 from ckpt.serialization import manifest as mf
@@ -126,7 +126,7 @@ def _latest_id(session: Session, run_id: int) -> str | None:
 
 
 def claim(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
-          parent: str | None, default_parent: bool, logical_size: int = 0) -> str | None:
+          parent: str | None, default_parent: bool, logical_size: int, blobs: BlobStore) -> str | None:
     """Step A: claim (run, epoch, step) with a pending row (a dead writer's claim is taken over).
 
     Returns the parent id: ``parent``, or with ``default_parent`` the run's latest committed checkpoint.
@@ -136,16 +136,16 @@ def claim(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int |
     key = step_key(step)
     clash = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
                                                     Checkpoint.step_key == key))
+    if clash is not None and clash.status == "pending" and \
+            writer_dead(clash.host, clash.pid, clash.created_at, clash.id):
+        raise DeadClaim(clash.id)  # settled in a transaction of its own (see run_claim), then retried
     if clash is not None:
-        if clash.status == "pending" and writer_dead(clash.host, clash.pid, clash.created_at, clash.id):
-            session.execute(delete(Checkpoint).where(Checkpoint.id == clash.id))
-        else:
-            what = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
-            state = {"committed": "already has", "pending": "is being saved by another process with",
-                     "deleting": "is deleting"}.get(clash.status, "has")
-            raise DuplicateCheckpointError(
-                f"run {run_name!r} {state} a checkpoint for {what} ({clash.id[:12]}); save under another "
-                f"epoch/step, or delete it first with store.delete({run_name + '@' + str(epoch)!r})")
+        what = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+        state = {"committed": "already has", "pending": "is being saved by another process with",
+                 "deleting": "is deleting"}.get(clash.status, "has")
+        raise DuplicateCheckpointError(
+            f"run {run_name!r} {state} a checkpoint for {what} ({clash.id[:12]}); save under another "
+            f"epoch/step, or delete it first with store.delete({run_name + '@' + str(epoch)!r})")
     if default_parent:
         parent = _latest_id(session, run.id)
     session.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=key,
@@ -155,11 +155,35 @@ def claim(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int |
     return parent
 
 
+class DeadClaim(Exception):
+    """Internal: a dead writer's claim blocks (run, epoch, step); settle it first, then claim again."""
+
+    def __init__(self, checkpoint_id: str) -> None:
+        super().__init__(checkpoint_id)
+        self.checkpoint_id = checkpoint_id
+
+
+def run_claim(index: Index, blobs: BlobStore, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run a claiming transaction; a dead writer's claim in the way is first rolled forward (if its
+    manifest is durable: the new claim then fails as a duplicate) or dropped, in its own transaction."""
+    for _ in range(5):
+        try:
+            return index.write_txn(fn, *args, **kwargs)
+        except DeadClaim as dead:
+            def settle(session: Session) -> None:
+                row = session.get(Checkpoint, dead.checkpoint_id)
+                if row is not None and row.status == "pending":
+                    settle_dead_claim(session, blobs, row)
+            index.write_txn(settle)
+    return index.write_txn(fn, *args, **kwargs)
+
+
 def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,
-           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str) -> str | None:
+           parent: str | None, default_parent: bool, snap: Snapshot, new_pack: str,
+           blobs: BlobStore) -> str | None:
     """Step A of a save: the claim, plus a ref naming the pack it is about to write, so no gc can take
     that pack before the refs name its tensors."""
-    parent = claim(session, ckpt_id, run_name, epoch, step, parent, default_parent, snap.logical_size)
+    parent = claim(session, ckpt_id, run_name, epoch, step, parent, default_parent, snap.logical_size, blobs)
     session.add(Ref(checkpoint_id=ckpt_id, hash="", pack_id=new_pack))
     return parent
 
@@ -215,8 +239,8 @@ def in_flight(checkpoint_id: str) -> Iterator[None]:
 def _save(ctx: Context, ckpt_id: str, pack_id: str, *, run: str, epoch: int, snap: Snapshot,
           metrics: dict[str, float], step: int | None, parent: str | None, default_parent: bool,
           tags: tuple[str, ...], compress: bool, write_tag_ref) -> mf.Manifest:  # type: ignore[no-untyped-def]
-    parent = ctx.index.write_txn(_begin, ckpt_id, run, epoch, step, parent, default_parent, snap, pack_id,
-                                 durable=False)
+    parent = run_claim(ctx.index, ctx.blobs, _begin, ckpt_id, run, epoch, step, parent, default_parent, snap,
+                       pack_id, ctx.blobs, durable=False)
     published: list[str] = []
     try:
         parent_manifest = None
@@ -342,6 +366,31 @@ def ingest(session: Session, m: mf.Manifest, pack_sizes: dict[str, int], tags: I
     return row
 
 
+def settle_dead_claim(session: Session, blobs: BlobStore, row: Checkpoint) -> bool:
+    """A pending row whose writer is gone: roll it forward if its manifest is durable (returns True),
+    else drop it. A manifest that is damaged or unsafe is never trusted: the row is dropped."""
+    path = mf.path_for(row.id)
+    try:
+        m = mf.loads(blobs.read(path, mf.MAX_MANIFEST_BYTES), expected_id=row.id)
+    except MissingBlobError:
+        session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+        log.info("dropped unfinished save %s (writer pid %s died before its manifest)", row.id[:12], row.pid)
+        return False
+    except (CorruptCheckpointError, UnsafeMetadataError) as exc:
+        session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+        log.warning("dropped unfinished save %s: its manifest %s is damaged or unsafe (%s)", row.id[:12], path, exc)
+        return False
+    sizes = {}
+    for pack_id in m.packs:
+        try:
+            sizes[pack_id] = blobs.size(mf.pack_path(pack_id))
+        except CkptError:
+            pass
+    ingest(session, m, sizes)
+    log.info("rolled forward save %s of run %r (its writer stopped after the manifest)", row.id[:12], m.run)
+    return True
+
+
 def recover(ctx: Context) -> int:
     """Finish or undo what dead writers left half done. Returns how many checkpoints it touched."""
     with ctx.index.read() as s:
@@ -360,24 +409,7 @@ def recover(ctx: Context) -> int:
                 ctx.blobs.delete(mf.path_for(row.id))
                 session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
                 continue
-            try:
-                m = mf.loads(ctx.blobs.read(mf.path_for(row.id), mf.MAX_MANIFEST_BYTES), expected_id=row.id)
-            except MissingBlobError:
-                session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
-                log.info("dropped unfinished save %s (writer pid %s died before its manifest)", row.id[:12], row.pid)
-                continue
-            except CorruptCheckpointError as exc:
-                session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
-                log.warning("dropped unfinished save %s: its manifest is damaged (%s)", row.id[:12], exc)
-                continue
-            sizes = {}
-            for pack_id in m.packs:
-                try:
-                    sizes[pack_id] = ctx.blobs.size(mf.pack_path(pack_id))
-                except CkptError:
-                    pass
-            ingest(session, m, sizes)
-            log.info("rolled forward save %s of run %r (writer died after its manifest)", row.id[:12], m.run)
+            settle_dead_claim(session, ctx.blobs, row)
         return touched
 
     return ctx.index.write_txn(txn)

@@ -81,5 +81,9 @@ class StorageError(CkptError, OSError):
     """Writing to or reading from the blob storage failed (disk full, permission, network)."""
 
 
+class IndexCorruptError(StorageError):
+    """The index database file is damaged. It is only a cache: `ckpt reindex` rebuilds it from storage."""
+
+
 class ReadOnlyStoreError(CkptError):
     """A write was attempted on a store opened read-only."""

@@ -7,7 +7,7 @@ import logging
 from sqlalchemy import delete, func, select
 
 from ckpt import refs
-from ckpt.commit import Context, ingest, now, touch_run
+from ckpt.commit import Context, ingest, now, step_key, touch_run
 from ckpt.errors import CkptError
 from ckpt.index.schema import Checkpoint, Metric, Pack, Ref, Run, Tag, TensorBlob
 from ckpt.loading import read_manifest
@@ -29,6 +29,17 @@ def rebuild(ctx: Context, *, only_if_empty: bool = False) -> int:
         except CkptError as exc:
             log.warning("reindex skipped manifest %s: %s", e.name, exc)
     manifests.sort(key=lambda m: (m.created_at, m.id))
+    seen: set[tuple[str, int, int]] = set()
+    unique = []
+    for m in manifests:  # two manifests for one (run, epoch, step): keep the first, as the index would
+        key = (m.run, m.epoch, step_key(m.step))
+        if key in seen:
+            log.warning("reindex skipped manifest %s: %s@%s step %s already has an earlier checkpoint "
+                        "(`ckpt verify` lists it as unindexed)", m.id[:12], m.run, m.epoch, m.step)
+            continue
+        seen.add(key)
+        unique.append(m)
+    manifests = unique
     pack_sizes = {e.name[:-len(".safetensors")]: e.size for e in ctx.blobs.list("packs")
                   if e.name.endswith(".safetensors") and not e.name.startswith(".")}
     tag_docs = refs.read_all(ctx.blobs, "tags")

@@ -18,8 +18,8 @@ from sqlalchemy.orm import aliased
 from ckpt import commit, refs, run_exit, validation
 from ckpt.blobs import BlobStore
 from ckpt.commit import Context, as_utc, writer_dead
-from ckpt.errors import (CorruptCheckpointError, InvalidArgumentError, ReadOnlyStoreError,
-                         StoreNotFoundError)
+from ckpt.errors import (CheckpointNotFoundError, CorruptCheckpointError, IndexCorruptError,
+                         InvalidArgumentError, ReadOnlyStoreError, StoreNotFoundError)
 from ckpt.index.engine import Index
 from ckpt.index.migrate import ensure_schema
 from ckpt.index.schema import Checkpoint, Metric, Run, Tag
@@ -76,7 +76,7 @@ class CheckpointStore:
 
     def __init__(self, location: str | os.PathLike[str], *, index: str | None = None,
                  compression: str = "auto", readonly: bool = False,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, rebuild_index: bool = False) -> None:
         if compression not in COMPRESSION:
             raise InvalidArgumentError(f"compression must be one of {COMPRESSION}, not {compression!r}")
         location = os.fspath(location)
@@ -92,7 +92,13 @@ class CheckpointStore:
         self._compress = compression == "zstd" or (compression == "auto" and not self.blobs.is_local
                                                    and self.blobs.protocol != "memory")
         self.index = Index(index or _default_index(self.blobs))
-        ensure_schema(self.index, readonly=readonly)
+        try:
+            ensure_schema(self.index, readonly=readonly)
+        except IndexCorruptError:
+            if not (rebuild_index and index is None and self.index.url.startswith("sqlite:///")):
+                raise
+            self._move_index_aside()
+            ensure_schema(self.index, readonly=readonly)
         self._ctx = Context(self.blobs, self.index)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: PendingSave | None = None
@@ -102,6 +108,16 @@ class CheckpointStore:
         self._sync_index()
 
     # -- opening -------------------------------------------------------------------------------
+    def _move_index_aside(self) -> None:
+        path = self.index.url[len("sqlite:///"):]
+        self.index.dispose()
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, f"{path}.damaged-{stamp}{suffix}")
+        log.warning("moved the damaged index aside to %s.damaged-%s; rebuilding it from the manifests", path, stamp)
+        self.index = Index(f"sqlite:///{path}")
+
     def _open_storage(self) -> None:
         if self.blobs.exists(MARKER):
             return
@@ -258,12 +274,20 @@ class CheckpointStore:
         missing, unexpected, loaded = self._with_fallback(selector, run, work)
         return LoadReport(missing, unexpected, loaded, self.get(out[-1].id))
 
-    def _with_fallback(self, selector: Any, run: str | None, work) -> Any:  # type: ignore[no-untyped-def]
+    def _with_fallback(self, selector: Any, run: str | None, work, _attempt: int = 0) -> Any:  # type: ignore[no-untyped-def]
         candidates = self._rows(selector, run)
         for i, info in enumerate(candidates):
             try:
                 return work(self._ctx.manifest(info.id))
             except CorruptCheckpointError as exc:
+                if not self._committed(info.id):  # deleted (pruned) by another process meanwhile
+                    if len(candidates) == 1 and _attempt >= 2:
+                        raise CheckpointNotFoundError(
+                            f"checkpoint {info.short_id} ({info.run}@{info.epoch}) was deleted while it was "
+                            f"being loaded") from exc
+                    if len(candidates) == 1 or i + 1 == len(candidates):
+                        return self._with_fallback(selector, run, work, _attempt + 1)  # resolve afresh
+                    continue
                 if i + 1 == len(candidates):
                     raise
                 nxt = candidates[i + 1]
@@ -272,6 +296,10 @@ class CheckpointStore:
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)
                 log.warning(msg)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _committed(self, checkpoint_id: str) -> bool:
+        with self.index.read() as s:
+            return s.scalar(select(Checkpoint.status).where(Checkpoint.id == checkpoint_id)) == "committed"
 
     def latest(self, run: str | None = None) -> CheckpointInfo:
         return self.get("latest", run=run)
@@ -296,10 +324,21 @@ class CheckpointStore:
                 q = q.join(Run, Run.id == Checkpoint.run_id).order_by(Run.name, Checkpoint.epoch,
                                                                       Checkpoint.step_key, Checkpoint.seq)
             else:
+                # Best first in two index-friendly queries: rows with a finite value by (name, value),
+                # then the rest (no value, NaN, inf) in commit order.
                 mode = check_mode(resolve_mode(sort, mode or Resolver(s).declared_mode(sort)))
-                m = aliased(Metric)
-                q = q.outerjoin(m, and_(m.checkpoint_id == Checkpoint.id, m.name == sort)).order_by(
-                    m.value.is_(None), m.value.desc() if mode == "max" else m.value.asc(), Checkpoint.seq)
+                ranked = q.join(Metric, and_(Metric.checkpoint_id == Checkpoint.id, Metric.name == sort)) \
+                    .where(Metric.value.is_not(None)) \
+                    .order_by(Metric.value.desc() if mode == "max" else Metric.value.asc(), Checkpoint.seq)
+                rows = list(s.scalars(ranked.limit(limit) if limit is not None else ranked))
+                if limit is None or len(rows) < limit:
+                    m = aliased(Metric)
+                    rest = q.outerjoin(m, and_(m.checkpoint_id == Checkpoint.id, m.name == sort)) \
+                        .where(m.value.is_(None)).order_by(Checkpoint.seq)
+                    if limit is not None:
+                        rest = rest.limit(limit - len(rows))
+                    rows += list(s.scalars(rest))
+                return [self._info(r) for r in rows]
             if limit is not None:
                 q = q.limit(limit)
             return [self._info(r) for r in s.scalars(q)]

@@ -84,6 +84,9 @@ def _explain(exc: OSError, path: str) -> str:
     if exc.errno == errno.ENOSPC:
         return (f"no space left on device while writing {path}; free space (try `ckpt prune` then "
                 f"`ckpt gc`) and save again. Nothing already committed was changed.")
+    if exc.errno in (errno.EFBIG, errno.EDQUOT):
+        return (f"writing {path} hit a file-size limit or disk quota ({exc.strerror}); raise `ulimit -f` or the "
+                f"quota, or free space, and save again. Nothing already committed was changed.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: {exc.strerror}; check permissions of the store directory."
     return f"writing {path} failed: {exc}. Nothing already committed was changed."

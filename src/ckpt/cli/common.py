@@ -26,7 +26,7 @@ class Ctx:
     index: str | None
     as_json: bool
 
-    def open(self, *, readonly: bool = True, create: bool = False):  # type: ignore[no-untyped-def]
+    def open(self, *, readonly: bool = True, create: bool = False, **options):  # type: ignore[no-untyped-def]
         """The store, closed again when the command ends.
 
         Read commands never create, migrate or recover anything. Write commands do not create a store
@@ -40,7 +40,7 @@ class Ctx:
                 from ckpt.errors import StoreNotFoundError
                 raise StoreNotFoundError(f"no ckpt store at {self.store_location}; check --store / CKPT_STORE")
             click.echo(f"note: creating a new ckpt store at {self.store_location}", err=True)
-        store = CheckpointStore(self.store_location, index=self.index, readonly=readonly)
+        store = CheckpointStore(self.store_location, index=self.index, readonly=readonly, **options)
         ctx = click.get_current_context(silent=True)
         if ctx is not None:
             ctx.call_on_close(store.close)

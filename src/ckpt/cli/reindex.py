@@ -21,7 +21,7 @@ def command(ctx) -> None:  # type: ignore[no-untyped-def]
       ckpt reindex
       ckpt --index postgresql://db/ckpt reindex
     """
-    store = ctx.open(readonly=False)
+    store = ctx.open(readonly=False, rebuild_index=True)
     with console.progress("rebuilding the index from the manifests"):
         n = store.reindex()
     if ctx.as_json:

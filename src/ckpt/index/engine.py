@@ -176,6 +176,10 @@ class Index:
                 with sessions() as session, session.begin():
                     return fn(session, *args, **kwargs)
             except DBAPIError as exc:
+                if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise StorageError(f"no space left on the device holding the index {self.url}; free space "
+                                       f"(try `ckpt prune` then `ckpt gc`) and retry. Nothing already committed "
+                                       f"was changed.") from exc
                 if not retryable(exc) or time.monotonic() > deadline:
                     if isinstance(exc, OperationalError):
                         raise StorageError(f"index database error ({self.url}): {exc.orig}") from exc

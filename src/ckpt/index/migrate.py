@@ -15,9 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ckpt.errors import SchemaVersionError, StorageError
+from ckpt.errors import IndexCorruptError, SchemaVersionError, StorageError
 from ckpt.index.engine import Index
 
 
@@ -31,14 +31,29 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_config()).get_current_head()  # type: ignore[return-value]
 
 
+def _damaged(exc: DatabaseError) -> bool:
+    text = str(exc.orig).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _corrupt(index: Index, exc: DatabaseError) -> IndexCorruptError:
+    return IndexCorruptError(f"the index database {index.url} is damaged ({exc.orig}). It is only a cache of "
+                             f"what the store holds: run `ckpt reindex` to rebuild it from the manifests "
+                             f"(the damaged file is kept beside it)")
+
+
 def current_revision(index: Index) -> str | None:
     try:
         with index.engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
     except OperationalError as exc:
+        if index.dialect == "sqlite" and _damaged(exc):
+            raise _corrupt(index, exc) from exc
         raise StorageError(f"cannot open the index database {index.url}: {exc.orig}; check the URL, that "
                            f"the server is running and reachable, the database exists and the "
                            f"credentials are right") from exc
+    except DatabaseError as exc:
+        raise _corrupt(index, exc) from exc
     return heads[0] if heads else None
 
 

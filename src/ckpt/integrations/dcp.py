@@ -172,8 +172,9 @@ class CkptStorageWriter(StorageWriter):
         pack_ids = [uuid.uuid4().hex for _ in plans]
         commit.hold(ckpt_id)
         try:
-            self._parent_id = self.store.index.write_txn(commit.claim, ckpt_id, self.run, self.epoch, self.step,
-                                                         self.parent, self.parent is None)
+            self._parent_id = commit.run_claim(self.store.index, self.store.blobs, commit.claim, ckpt_id, self.run,
+                                               self.epoch, self.step, self.parent, self.parent is None, 0,
+                                               self.store.blobs)
         except BaseException:
             commit.release(ckpt_id)
             raise

@@ -119,7 +119,7 @@ def read_pt(path: str) -> Imported:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            state = torch.load(path, map_location="cpu", weights_only=True)  # no mmap: it skips record-size checks
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = _GLOBAL.search(text)

@@ -18,6 +18,7 @@ import blake3
 
 from ckpt.errors import CorruptCheckpointError
 from ckpt.serialization.skeleton import TensorSlot, load_structure
+from ckpt.serialization.tensors import dtype_from_name
 
 FORMAT = 1
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
@@ -70,7 +71,7 @@ class Manifest:
         return {s.pack for s in self.slots}
 
 
-def content_hash(skeleton: bytes, slots: list[Slot] | tuple[Slot, ...]) -> str:
+def content_hash(skeleton: bytes, slots: list[Slot] | tuple[Slot, ...], structure: Any = None) -> str:
     """Identity of a checkpoint's content: equal states give equal hashes, whatever the codec, the pickle
     memo (shared vs equal objects) or the tensors' slot numbering.
 
@@ -78,8 +79,24 @@ def content_hash(skeleton: bytes, slots: list[Slot] | tuple[Slot, ...]) -> str:
     content hash and kind, other values by type and repr.
     """
     h = blake3.blake3(b"ckpt-content-v2\0")
-    _canon(load_structure(skeleton, len(slots)), h, slots)
+    _canon(load_structure(skeleton, len(slots)) if structure is None else structure, h, slots)
     return h.hexdigest()
+
+
+def _placeholder_paths(obj: Any, path: tuple, out: set) -> None:
+    if isinstance(obj, TensorSlot):
+        out.add((path, obj.slot))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _placeholder_paths(v, path + (_key_form(k),), out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _placeholder_paths(v, path + (i,), out)
+
+
+def _key_form(k: Any) -> Any:
+    """A key as the manifest's leaves spell it (str and int as they are, others by repr)."""
+    return k if isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool)) else repr(k)
 
 
 def _canon(obj: Any, h: Any, slots: list[Slot] | tuple[Slot, ...]) -> None:
@@ -217,6 +234,13 @@ def loads(data: bytes, expected_id: str | None = None) -> Manifest:
         _need(s.get("kind", "torch") in KINDS, f"slot {i} kind")
         shape = s.get("shape")
         _need(isinstance(shape, list) and len(shape) <= 64, f"slot {i} shape")
+        dims = s.get("shape")
+        _need(all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in dims),
+              f"slot {i} shape")
+        itemsize = dtype_from_name(s["dtype"]).itemsize
+        _need(math.prod(dims) * itemsize == s.get("nbytes"), f"slot {i}: shape {dims} of {s['dtype']} does not "
+              f"hold {s.get('nbytes')!r} bytes")
+        _need(s["codec"] != "raw" or s.get("length") == s.get("nbytes"), f"slot {i}: raw length != nbytes")
         slots.append(Slot(hash=s["hash"], dtype=s["dtype"],
                           shape=tuple(_int(d, f"slot {i} shape") for d in shape),
                           nbytes=_int(s.get("nbytes"), f"slot {i} nbytes"), pack=s["pack"],
@@ -243,7 +267,12 @@ def loads(data: bytes, expected_id: str | None = None) -> Manifest:
         host=str(body.get("host", "")), pid=_int(body.get("pid", 0), "pid"),
         extra=body.get("extra") if isinstance(body.get("extra"), dict) else {},
     )
-    _need(content_hash(m.skeleton, m.slots) == m.content_hash, "content hash does not match its slots")
+    structure = load_structure(m.skeleton, len(m.slots))
+    _need(content_hash(m.skeleton, m.slots, structure) == m.content_hash, "content hash does not match its slots")
+    expected: set = set()
+    _placeholder_paths(structure, (), expected)
+    _need(expected == {(tuple(_key_form(k) for k in p), slot) for p, slot in m.leaves},
+          "leaves do not match the tensors of the skeleton")
     return m
 
 
