@@ -170,12 +170,14 @@ def run_claim(index: Index, blobs: BlobStore, fn, *args, **kwargs):  # type: ign
         try:
             return index.write_txn(fn, *args, **kwargs)
         except DeadClaim as dead:
-            def settle(session: Session) -> None:
-                row = session.get(Checkpoint, dead.checkpoint_id)
-                if row is not None and row.status == "pending":
-                    settle_dead_claim(session, blobs, row)
-            index.write_txn(settle)
+            index.write_txn(_settle_by_id, blobs, dead.checkpoint_id)
     return index.write_txn(fn, *args, **kwargs)
+
+
+def _settle_by_id(session: Session, blobs: BlobStore, checkpoint_id: str) -> None:
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is not None and row.status == "pending":  # another process may have settled it meanwhile
+        settle_dead_claim(session, blobs, row)
 
 
 def _begin(session: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None,

@@ -11,7 +11,6 @@ from ckpt.commit import Context, ingest, now, step_key, touch_run
 from ckpt.errors import CkptError
 from ckpt.index.schema import Checkpoint, Metric, Pack, Ref, Run, Tag, TensorBlob
 from ckpt.loading import read_manifest
-from ckpt.serialization import manifest as mf
 
 log = logging.getLogger("ckpt")
 

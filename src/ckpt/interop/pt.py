@@ -115,7 +115,6 @@ def read_pt(path: str) -> Imported:
     """A ``.pt/.pth/.bin/.ckpt`` file through ``torch.load(weights_only=True)``; nothing else is ever run."""
     if not os.path.isfile(path):
         raise InvalidArgumentError(f"{path} is not a file")
-    is_zip = zipfile.is_zipfile(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
