@@ -15,7 +15,7 @@ from sqlalchemy import insert
 
 def run_index_bench(n: int) -> dict[str, float]:
     from ckpt import CheckpointStore
-    from ckpt.index.schema import Checkpoint, Metric, Run
+    from ckpt.catalog.schema import Checkpoint, Metric, Run
     d = tempfile.mkdtemp(prefix="ckpt-index-bench-")
     try:
         store = CheckpointStore(d)

@@ -189,7 +189,7 @@ def run_dcp(state: dict, d: str, t: Timer) -> None:
 
 def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
     from ckpt import CheckpointStore
-    from ckpt.serialization.tensors import byte_view, checksum, tensor_hash
+    from ckpt.format.tensors import byte_view, checksum, tensor_hash
     store = CheckpointStore(os.path.join(d, "store"), compression="none")
     before: list[int] = []
 
@@ -228,8 +228,8 @@ def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
 
 
 def run_codec(state: dict, d: str, t: Timer) -> None:
-    from ckpt.serialization import codec
-    from ckpt.serialization.tensors import byte_view
+    from ckpt.format import codec
+    from ckpt.format.tensors import byte_view
     ts = tensors(state)
     raw = sum(x.numel() * x.element_size() for x in ts)
     encoded = t("encode", lambda: [codec.encode(byte_view(x), x.element_size()) for x in ts])

@@ -1,11 +1,11 @@
-"""Alembic environment. ckpt runs migrations itself (ckpt.index.migrate) on a connection it already
+"""Alembic environment. ckpt runs migrations itself (ckpt.catalog.migrate) on a connection it already
 holds inside one write transaction, so a kill mid-upgrade leaves the old schema or the new one."""
 
 from alembic import context
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only the programmatic path is supported
-    raise RuntimeError("ckpt migrations run through ckpt.index.migrate, not the alembic command line")
+    raise RuntimeError("ckpt migrations run through ckpt.catalog.migrate, not the alembic command line")
 
 context.configure(
     connection=connection,

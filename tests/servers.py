@@ -207,13 +207,15 @@ def s3_server():
     os.environ.update(S3_ENV)
     os.environ["FSSPEC_S3_ENDPOINT_URL"] = endpoint  # read by fsspec at import: ranks and CLI subprocesses
     os.environ["AWS_ENDPOINT_URL_S3"] = endpoint     # read by botocore itself
-    import ckpt.blobs.store as blob_store
-    old_part = blob_store.S3_PART_SIZE
-    blob_store.S3_PART_SIZE = 1 << 20
+    old_part = os.environ.get("CKPT_S3_PART_SIZE")
+    os.environ["CKPT_S3_PART_SIZE"] = str(5 << 20)  # S3's smallest part: multipart paths run on small states
     try:
         yield S3Server(endpoint)
     finally:
-        blob_store.S3_PART_SIZE = old_part
+        if old_part is None:
+            os.environ.pop("CKPT_S3_PART_SIZE", None)
+        else:
+            os.environ["CKPT_S3_PART_SIZE"] = old_part
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

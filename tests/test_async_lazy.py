@@ -48,7 +48,7 @@ def test_async_save_is_invisible_until_committed(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path / "s")
     store.save("a", 0, {"w": torch.ones(3)})
     gate = threading.Event()
-    import ckpt.commit as commit
+    import ckpt.catalog.writes as commit
     real = commit.ingest
 
     def slow_ingest(*a, **k):

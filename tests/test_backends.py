@@ -27,7 +27,7 @@ from torch import nn
 from ckpt import CheckpointStore
 from ckpt.errors import (CkptError, CorruptCheckpointError, DuplicateCheckpointError, ReadOnlyStoreError,
                          StoreNotFoundError)
-from ckpt.index.schema import Checkpoint, Ref
+from ckpt.catalog.schema import Checkpoint, CheckpointPack
 from conftest import assert_same
 
 INDEXES = ("sqlite", "postgresql")
@@ -107,17 +107,12 @@ def _state(epoch: int, *, frozen_seed: int = 7) -> dict:
 
 
 def _raw(store: CheckpointStore, rel: str) -> bytes:
-    return store.blobs.fs.cat_file(store.blobs.path(rel))
+    return store.storage.read(rel, 1 << 40)
 
 
 def _overwrite(store: CheckpointStore, rel: str, data: bytes) -> None:
     """Replace a blob behind ckpt's back (to damage it)."""
-    path = store.blobs.path(rel)
-    if store.blobs.is_local:
-        with open(path, "wb") as f:
-            f.write(data)
-    else:
-        store.blobs.fs.pipe_file(path, data)
+    store.storage.put(rel, data)
 
 
 def _non_committed(store: CheckpointStore) -> list:
@@ -208,13 +203,13 @@ def test_delete_and_gc_free_only_unreferenced_packs(backend):
     store = backend.open()
     for e in range(3):
         store.save("gc", e, _state(e))
-    packs_before = {e.name for e in store.blobs.list("packs")}
+    packs_before = {e.name for e in store.storage.list("packs")}
     m1 = store.manifest("gc@1")
     own = next(m1.slots[s].pack for p, s in m1.leaves if p == ("model", "w"))
     store.delete("gc@1")
     assert [i.epoch for i in store.list()] == [0, 2]
     store.gc(grace_seconds=0)  # (delete may already have freed the pack itself)
-    packs_after = {e.name for e in store.blobs.list("packs")}
+    packs_after = {e.name for e in store.storage.list("packs")}
     assert packs_after == packs_before - {f"{own}.safetensors"}  # only the pack nobody else uses
     assert_same(store.load("gc@0"), _state(0))  # the shared frozen tensor survived
     assert store.verify(full=True).ok and store.gc(grace_seconds=0).packs == []
@@ -239,7 +234,7 @@ def test_damage_is_detected_and_latest_falls_back(backend):
         store.load("dmg@1")
     with pytest.warns(RuntimeWarning, match="damaged"):
         assert store.load("latest")["epoch"] == 0
-    mrel = f"manifests/{m.id}.json"
+    mrel = f"manifests/{m.id}.ckpt"
     _overwrite(store, mrel, _raw(store, mrel).replace(b'"epoch":1', b'"epoch":7'))
     with pytest.raises(CorruptCheckpointError, match="checksum"):
         backend.open().load(m.id)  # a new handle: manifests are immutable, so handles may cache them
@@ -263,13 +258,13 @@ def test_lost_index_is_rebuilt_from_storage(backend):
 def test_save_that_fails_before_its_manifest_leaves_nothing(backend, monkeypatch):
     store = backend.open()
     store.save("fail", 0, _state(0))
-    real = store.blobs.write
+    real = store.storage.put
 
-    def broken(rel, chunks, **kw):
+    def broken(rel, data, **kw):
         if rel.startswith("manifests/"):
             raise OSError("network went away")
-        return real(rel, chunks, **kw)
-    monkeypatch.setattr(store.blobs, "write", broken)
+        return real(rel, data, **kw)
+    monkeypatch.setattr(store.storage, "put", broken)
     with pytest.raises((OSError, CkptError)):
         store.save("fail", 1, _state(1))
     monkeypatch.undo()
@@ -287,7 +282,7 @@ def test_save_interrupted_after_its_manifest_is_rolled_forward(backend):
     def undo_step_d(s):  # as if the writer died between publishing the manifest and indexing it
         row = s.get(Checkpoint, info.id)
         row.status, row.seq, row.pid, row.host = "pending", None, dead, __import__("socket").gethostname()
-        s.execute(sa.delete(Ref).where(Ref.checkpoint_id == info.id))
+        s.execute(sa.delete(CheckpointPack).where(CheckpointPack.checkpoint_id == info.id))
     store.index.write_txn(undo_step_d)
     assert store.list() == []
     reopened = backend.open()  # recovery on open
@@ -336,9 +331,9 @@ def test_concurrent_writers_from_threads(backend):
 def test_create_only_writes_never_replace(backend):
     store = backend.open()
     rel = f"manifests/{uuid.uuid4().hex}.json"
-    store.blobs.write(rel, [b"first"], exclusive=True)
+    store.storage.put(rel, b"first", create_only=True)
     with pytest.raises(FileExistsError):
-        store.blobs.write(rel, [b"second"], exclusive=True)
+        store.storage.put(rel, b"second", create_only=True)
     assert _raw(store, rel) == b"first"
     # Racing writers of one key: exactly one succeeds, and its bytes are what is there.
     rel2 = f"manifests/{uuid.uuid4().hex}.json"
@@ -348,7 +343,7 @@ def test_create_only_writes_never_replace(backend):
     def racer(i: int) -> None:
         barrier.wait(timeout=60)
         try:
-            store.blobs.write(rel2, [f"writer {i}".encode()], exclusive=True)
+            store.storage.put(rel2, f"writer {i}".encode(), create_only=True)
             outcome[i] = "won"
         except FileExistsError:
             outcome[i] = "lost"
@@ -363,8 +358,8 @@ def test_create_only_writes_never_replace(backend):
     else:
         assert len(winners) == 1 and len(outcome) == 4
     assert _raw(store, rel2) in {f"writer {i}".encode() for i in winners}
-    store.blobs.delete(rel)
-    store.blobs.delete(rel2)
+    store.storage.delete(rel)
+    store.storage.delete(rel2)
 
 
 def test_readonly_handles_read_and_never_write(backend):
@@ -380,7 +375,8 @@ def test_readonly_handles_read_and_never_write(backend):
         with pytest.raises(StoreNotFoundError):
             CheckpointStore(missing, index=backend.fresh_index(), readonly=True,
                             storage_options=backend.storage_options)
-        assert not store.blobs.fs.exists(store.blobs.fs._strip_protocol(missing))
+        from ckpt.storage import open_storage
+        assert not open_storage(missing, backend.storage_options).exists("ckpt-store.json")
 
 
 # ============================================================================ index: schema, migrations
@@ -397,8 +393,8 @@ def test_migrations_build_the_models_schema(index_url, tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from ckpt.index.migrate import head_revision
-    from ckpt.index.schema import Base
+    from ckpt.catalog.migrate import head_revision
+    from ckpt.catalog.schema import Base
     store = CheckpointStore(tmp_path / "s", index=index_url)
     with store.index.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
@@ -409,8 +405,8 @@ def test_migrations_build_the_models_schema(index_url, tmp_path):
 
 def test_many_first_opens_migrate_once(index_url, tmp_path):
     """Eight handles open a brand-new index at the same moment: one migrates, none fails."""
-    from ckpt.index.engine import Index
-    from ckpt.index.migrate import current_revision, ensure_schema, head_revision
+    from ckpt.catalog.engine import Index
+    from ckpt.catalog.migrate import current_revision, ensure_schema, head_revision
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
 
@@ -489,17 +485,17 @@ def test_large_packs_go_up_as_multipart_uploads(request, tmp_path):
     s3_backend = _make_backend("s3", "sqlite", request, tmp_path)
     request.addfinalizer(lambda: [s.close() for s in s3_backend.opened])
     store = s3_backend.open()
-    big = torch.randn(1_500_000)  # ~6 MiB, barely compressible: several 1 MiB parts
+    big = torch.randn(3_000_000)  # ~12 MiB, barely compressible: several 5 MiB parts
     info = store.save("mp", 0, {"big": big, "small": torch.ones(3)})
     slot = store.manifest(info.id).slots[0]
-    bucket, key, _ = store.blobs.fs.split_path(store.blobs.path(f"packs/{slot.pack}.safetensors"))
+    bucket, key = store.storage.bucket, store.storage._key(f"packs/{slot.pack}.safetensors")
     head = s3_backend.request.getfixturevalue("s3_server").client().head_object(Bucket=bucket, Key=key)
     assert head["ETag"].strip('"').rsplit("-", 1)[-1].isdigit() and "-" in head["ETag"]  # "<md5>-<parts>"
     assert head["ContentLength"] == info.new_bytes
     assert torch.equal(store.load()["big"], big)
-    assert store.blobs.abort_stale_uploads(0) == []  # nothing left behind
+    assert store.storage.abort_stale_uploads(0) == []  # nothing left behind
     with pytest.raises(FileExistsError):  # packs are create-only on object stores
-        store.blobs.write(f"packs/{slot.pack}.safetensors", [b"x" * (3 << 20)])
+        store.storage.put(f"packs/{slot.pack}.safetensors", b"x" * (3 << 20), create_only=True)
     assert torch.equal(s3_backend.open().load()["big"], big)
 
 
@@ -508,26 +504,26 @@ KILLED_WRITER = textwrap.dedent("""
     from ckpt import CheckpointStore
     location, index, mode = sys.argv[1:4]
     store = CheckpointStore(location, index=index)
-    fs = store.blobs.fs
+    s3 = store.storage
     if mode == "upload":               # stop inside a multipart upload, after its first part
-        real = fs._call_s3
-        async def call(method, *args, **kwargs):
+        real = s3._send
+        async def send(method, body, **kwargs):
             if method == "upload_part" and kwargs.get("PartNumber") == 2:
                 print("uploading", flush=True)
                 time.sleep(600)
-            return await real(method, *args, **kwargs)
-        fs._call_s3 = call
+            return await real(method, body, **kwargs)
+        s3._send = send
     else:                              # stop after the manifest is published, before the index knows
-        real_write = store.blobs.write
-        def write(rel, chunks, **kwargs):
-            n = real_write(rel, chunks, **kwargs)
+        real_put = s3.put
+        def put(rel, data, **kwargs):
+            n = real_put(rel, data, **kwargs)
             if rel.startswith("manifests/"):
                 print("manifest-written", flush=True)
                 time.sleep(600)
             return n
-        store.blobs.write = write
+        s3.put = put
     g = torch.Generator().manual_seed(5)
-    store.save("killed", 0, {"big": torch.randn(1_500_000, generator=g)}, {"loss": 0.5})
+    store.save("killed", 0, {"big": torch.randn(3_000_000, generator=g)}, {"loss": 0.5})
     print("saved", flush=True)
 """)
 
@@ -554,15 +550,15 @@ def test_writer_killed_mid_save(request, tmp_path, index_kind, when):
     if when == "upload":
         assert [i.epoch for i in store.list()] == [1]
         assert _non_committed(store) == []
-        stale = store.blobs.abort_stale_uploads(0)
+        stale = store.storage.abort_stale_uploads(0)
         assert len(stale) == 1 and stale[0].startswith("packs/")
-        assert store.blobs.abort_stale_uploads(0) == []
+        assert store.storage.abort_stale_uploads(0) == []
         assert store.gc(grace_seconds=0).packs == []  # no object was ever created
-        store.save("killed", 0, {"big": torch.randn(1_500_000, generator=g)})  # the claim was released
+        store.save("killed", 0, {"big": torch.randn(3_000_000, generator=g)})  # the claim was released
     else:
         assert sorted(i.epoch for i in store.list()) == [0, 1]
         assert store.get("killed@0").metrics == {"loss": 0.5}
-        assert torch.equal(store.load("killed@0")["big"], torch.randn(1_500_000, generator=g))
+        assert torch.equal(store.load("killed@0")["big"], torch.randn(3_000_000, generator=g))
     assert store.verify(full=True).ok
 
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckpt.errors import CorruptCheckpointError
-from ckpt.serialization import codec
-from ckpt.serialization.tensors import byte_view
+from ckpt.format import codec
+from ckpt.format.tensors import byte_view
 
 
 def weights(n: int, dtype=torch.bfloat16, seed: int = 0) -> torch.Tensor:

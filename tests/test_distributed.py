@@ -85,12 +85,12 @@ RANK = textwrap.dedent(r'''
         with open(out, "w") as f:       # before the crash below
             json.dump(report, f)
         if rank == 1:                   # die in the middle of the next save, before writing its pack
-            real = store.blobs.write
-            def dying(rel, chunks, **kw):
+            real = store.storage.open_sink
+            def dying(rel, **kw):
                 if rel.startswith("packs/"):
                     os.kill(os.getpid(), signal.SIGKILL)
-                return real(rel, chunks, **kw)
-            store.blobs.write = dying
+                return real(rel, **kw)
+            store.storage.open_sink = dying
         sd["model"]["w"] = distribute_tensor(GLOBAL["w"] + 1, mesh, [Shard(1)])
         try:
             ckpt_dcp.save(sd, store, "dist", 3)
@@ -178,7 +178,7 @@ def test_save_on_four_load_on_two_and_a_rank_killed_mid_save(dist_store, tmp_pat
         with store.index.read() as s:
             from sqlalchemy import select
 
-            from ckpt.index.schema import Checkpoint
+            from ckpt.catalog.schema import Checkpoint
             assert s.execute(select(Checkpoint.id).where(Checkpoint.status != "committed")).all() == []
         info = store.get("dist@0")
         assert info.metrics == {"loss": 0.5} and info.new_bytes > 0

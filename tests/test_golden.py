@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from ckpt import CheckpointNotFoundError, CheckpointStore, SchemaVersionError
 from ckpt.cli import cli
-from ckpt.serialization import manifest as mf
+from ckpt.format import manifest as mf
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FORMATS = sorted(d for d in os.listdir(GOLDEN) if d.startswith("format-")

@@ -102,7 +102,7 @@ def test_hostile_run_names_are_refused_or_stored_exactly_and_never_escape(arena)
     # Names live in documents, not in file names: every key under the store is a hex id or digest.
     for path in tree(loc):
         for part in path.split(os.sep):
-            assert re.fullmatch(r"\.?[0-9a-f]{32,64}(\.json|\.safetensors)?(\.tmp-.*)?|[a-z]+|"
+            assert re.fullmatch(r"\.?[0-9a-f]{32,64}(\.json|\.ckpt|\.safetensors)?(\.tmp-.*)?|[a-z]+|(s|x)-[0-9a-zA-Z.-]+\.lock|gen-[0-9]+|"
                                 r"ckpt-store\.json|index\.sqlite(-wal|-shm)?", part), path
 
     # Losing the index loses no name: reindex restores them from the manifests and run refs.

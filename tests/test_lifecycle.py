@@ -20,7 +20,7 @@ def _fill(store, n=3, run="r"):
 def _pack_of(store, selector, key="w"):
     m = store.manifest(selector)
     slot = next(m.slots[s] for p, s in m.leaves if p == (key,))
-    return os.path.join(store.blobs.root, "packs", f"{slot.pack}.safetensors"), slot
+    return os.path.join(store.storage.root, "packs", f"{slot.pack}.safetensors"), slot
 
 
 def test_verify_detects_a_flipped_bit_and_load_refuses(store):
@@ -53,10 +53,11 @@ def test_latest_skips_a_damaged_newest_checkpoint_loudly(store):
 def test_edited_manifest_is_detected(store):
     _fill(store, 1)
     info = store.latest()
-    path = os.path.join(store.blobs.root, "manifests", f"{info.id}.json")
-    text = open(path).read().replace('"epoch":0', '"epoch":7')
-    open(path, "w").write(text)
-    reopened = CheckpointStore(store.blobs.root)  # another process; this one caches what it wrote
+    path = os.path.join(store.storage.root, "manifests", f"{info.id}.ckpt")
+    data = open(path, "rb").read()
+    assert b'"epoch":0' in data
+    open(path, "wb").write(data.replace(b'"epoch":0', b'"epoch":7'))
+    reopened = CheckpointStore(store.storage.root)  # another process; this one caches what it wrote
     with pytest.raises(CorruptCheckpointError, match="checksum"):
         reopened.load()
     assert not reopened.verify().ok
@@ -82,10 +83,10 @@ def test_deleted_index_is_rebuilt_from_manifests(tmp_path):
 
 def test_delete_frees_packs_only_it_used(store):
     _fill(store)
-    packs_before = {e.name: e.size for e in store.blobs.list("packs")}
+    packs_before = {e.name: e.size for e in store.storage.list("packs")}
     store.delete("r@1")
     assert [i.epoch for i in store.list()] == [0, 2]
-    packs_after = {e.name: e.size for e in store.blobs.list("packs")}
+    packs_after = {e.name: e.size for e in store.storage.list("packs")}
     assert len(packs_after) == len(packs_before) - 1  # r@1's own pack, at once
     assert torch.equal(store.load("r@0")["frozen"], torch.ones(500))  # shared tensor survived
     assert store.verify().ok
@@ -100,7 +101,7 @@ def test_gc_dry_run_and_grace_period(store):
     store.delete("r@1", free=False)
     assert store.gc(grace_seconds=3600).packs == []  # too young
     dry = store.gc(dry_run=True, grace_seconds=0)
-    assert len(dry.packs) == 1 and len(store.blobs.list("packs")) == 2
+    assert len(dry.packs) == 1 and len(store.storage.list("packs")) == 2
 
 
 def test_readonly_open(tmp_path):

@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from ckpt import CheckpointStore, SchemaVersionError
-from ckpt.index.migrate import head_revision
-from ckpt.index.schema import Base
+from ckpt.catalog.migrate import head_revision
+from ckpt.catalog.schema import Base
 
 
 def test_migrations_produce_the_models_schema(tmp_path):

@@ -17,10 +17,10 @@ def test_keep_last_and_best_and_latest(store):
     assert sorted(i.epoch for i in plan.keep) == [1, 4, 5]  # best (epoch 1) survives rotation
     assert "best by val_acc" in plan.reasons[store.get("r@1").id] and plan.bytes_freed > 3 * 4096 * 4
     assert len(store.list()) == 6  # dry run removed nothing
-    before = sum(e.size for e in store.blobs.list("packs"))
+    before = sum(e.size for e in store.storage.list("packs"))
     done = store.prune(keep_last=2)
     assert sorted(i.epoch for i in store.list()) == [1, 4, 5]
-    assert before - sum(e.size for e in store.blobs.list("packs")) == done.bytes_freed
+    assert before - sum(e.size for e in store.storage.list("packs")) == done.bytes_freed
     assert store.verify().ok
 
 

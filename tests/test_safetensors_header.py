@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from ckpt.errors import CorruptCheckpointError
-from ckpt.serialization.safetensors_header import build_header, parse_header
-from ckpt.serialization.tensors import byte_view, dtype_from_name, st_dtype, supported_dtype_names
+from ckpt.format.pack_header import build_header, parse_header
+from ckpt.format.tensors import byte_view, dtype_from_name, st_dtype, supported_dtype_names
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

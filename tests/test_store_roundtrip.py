@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ckpt import CheckpointStore, UnsupportedTypeError
-from ckpt.serialization.tensors import supported_dtype_names, dtype_from_name
+from ckpt.format.tensors import supported_dtype_names, dtype_from_name
 from conftest import assert_same
 
 ALL_DTYPES = [dtype_from_name(n) for n in supported_dtype_names()]

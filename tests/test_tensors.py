@@ -7,7 +7,7 @@ import safetensors.torch as st_torch
 import torch
 
 from ckpt.errors import CorruptCheckpointError, UnsupportedTypeError
-from ckpt.serialization.tensors import (ST_ITEMSIZE, byte_view, check_supported, contiguous_cpu,
+from ckpt.format.tensors import (ST_ITEMSIZE, byte_view, check_supported, contiguous_cpu,
                                         dtype_from_name, dtype_name, empty_tensor, st_dtype,
                                         supported_dtype_names, tensor_hash)
 

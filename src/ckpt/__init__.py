@@ -8,19 +8,27 @@
 """
 
 from ckpt.errors import (AmbiguousSelectorError, CheckpointNotFoundError, CkptError, CorruptCheckpointError,
-                         DuplicateCheckpointError, IndexCorruptError, InvalidArgumentError, KeyMismatchError,
+                         DuplicateCheckpointError, IndexCorruptError, IndexMismatchError, InvalidArgumentError, KeyMismatchError,
                          MetricDirectionError,
-                         MissingBlobError, ReadOnlyStoreError, SchemaVersionError, SelectorError, StorageError,
-                         StoreNotFoundError, UnsafeMetadataError, UnsupportedTypeError)
+                         LockLostError, MissingBlobError, ReadOnlyStoreError, SchemaVersionError, SelectorError,
+                         StorageError, StoreBusyError, StoreNotFoundError, UnsafeMetadataError, UnsupportedTypeError)
 from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
-from ckpt.store import CheckpointStore
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``CheckpointStore`` imports torch: load it on first use, so ``import ckpt.catalog`` (the CLI's read
+    commands, a web view) stays fast and torch-free."""
+    if name == "CheckpointStore":
+        from ckpt.store import CheckpointStore
+        return CheckpointStore
+    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointStore", "CheckpointInfo", "CheckpointDiff", "LoadReport", "RunInfo", "VerifyReport",
     "CkptError", "AmbiguousSelectorError", "CheckpointNotFoundError", "CorruptCheckpointError",
-    "DuplicateCheckpointError", "IndexCorruptError", "InvalidArgumentError", "KeyMismatchError", "MetricDirectionError",
+    "DuplicateCheckpointError", "IndexCorruptError", "IndexMismatchError", "LockLostError", "StoreBusyError", "InvalidArgumentError", "KeyMismatchError", "MetricDirectionError",
     "MissingBlobError", "ReadOnlyStoreError", "SchemaVersionError", "SelectorError", "StorageError",
     "StoreNotFoundError", "UnsafeMetadataError", "UnsupportedTypeError", "__version__",
 ]

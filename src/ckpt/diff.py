@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 
-from ckpt.blobs import BlobStore
-from ckpt.loading import read_slots
+from ckpt.reader import read_slots
 from ckpt.records import CheckpointDiff, CheckpointInfo, TensorChange
-from ckpt.serialization import manifest as mf
-from ckpt.serialization.skeleton import TensorSlot, load_structure
+from ckpt.format import manifest as mf
+from ckpt.format.skeleton import TensorSlot
 
 ABSENT = "<absent>"
 
@@ -51,7 +50,7 @@ def _change(a: torch.Tensor, b: torch.Tensor) -> tuple[float | None, float | Non
     return max_abs, rel
 
 
-def diff_checkpoints(blobs: BlobStore, ia: CheckpointInfo, ib: CheckpointInfo, ma: mf.Manifest,
+def diff_checkpoints(blobs: Any, ia: CheckpointInfo, ib: CheckpointInfo, ma: mf.Manifest,
                      mb: mf.Manifest) -> CheckpointDiff:
     result = CheckpointDiff(ia, ib)
     la = {_key(p): s for p, s in ma.leaves}
@@ -71,7 +70,7 @@ def diff_checkpoints(blobs: BlobStore, ia: CheckpointInfo, ib: CheckpointInfo, m
             tb = read_slots(blobs, mb, [lb[k]])[lb[k]]
             max_abs, rel = _change(ta, tb)
             result.changed.append(TensorChange(k, max_abs, rel))
-    va, vb = _values(load_structure(ma.skeleton)), _values(load_structure(mb.skeleton))
+    va, vb = _values(ma.structure()), _values(mb.structure())
     for k in list(va) + [k for k in vb if k not in va]:
         x, y = va.get(k, ABSENT), vb.get(k, ABSENT)
         try:

@@ -87,3 +87,19 @@ class IndexCorruptError(StorageError):
 
 class ReadOnlyStoreError(CkptError):
     """A write was attempted on a store opened read-only."""
+
+
+class IndexMismatchError(CkptError):
+    """The index belongs to another store (two stores pointed at one index database)."""
+
+
+class StoreBusyError(CkptError):
+    """A store lock could not be had within the timeout; the message names the holders and what to do."""
+
+    def __init__(self, message: str, holders: list | None = None) -> None:
+        super().__init__(message)
+        self.holders = list(holders or [])
+
+
+class LockLostError(StorageError):
+    """Our store lock was removed (as stale) by someone else, or could not be refreshed in time."""

@@ -7,13 +7,11 @@ from typing import Any
 
 import torch
 
-from ckpt.blobs import BlobStore, Reader
 from ckpt.errors import InvalidArgumentError
-from ckpt.loading import load_state
+from ckpt.reader import load_state
 from ckpt.records import CheckpointInfo
-from ckpt.serialization import manifest as mf
-from ckpt.serialization.packs import read_slot
-from ckpt.serialization.skeleton import load_structure
+from ckpt.format import manifest as mf
+from ckpt.packs import read_slot
 
 
 def _key(path: tuple) -> str:
@@ -27,13 +25,13 @@ class LazyCheckpoint:
     Use as a context manager (or call ``close()``) to release the open pack files.
     """
 
-    def __init__(self, blobs: BlobStore, manifest: mf.Manifest, info: CheckpointInfo) -> None:
+    def __init__(self, storage: Any, manifest: mf.Manifest, info: CheckpointInfo) -> None:
         self.info = info
         self.manifest = manifest
-        self._blobs = blobs
+        self._storage = storage
         self._by_key = {_key(p): s for p, s in manifest.leaves}
         self._by_path = {p: s for p, s in manifest.leaves}
-        self._readers: dict[str, Reader] = {}
+        self._readers: dict[str, Any] = {}
 
     def keys(self) -> list[str]:
         return list(self._by_key)
@@ -58,18 +56,18 @@ class LazyCheckpoint:
         s = self.slot(key)
         reader = self._readers.get(s.pack)
         if reader is None:
-            reader = self._readers[s.pack] = self._blobs.reader(mf.pack_path(s.pack))
+            reader = self._readers[s.pack] = self._storage.reader(mf.pack_path(s.pack))
         return read_slot(reader, s, verify=verify)
 
     __getitem__ = tensor
 
     def structure(self) -> Any:
         """The saved structure with placeholders (TensorSlot) where tensors go; reads no tensor data."""
-        return load_structure(self.manifest.skeleton)
+        return self.manifest.structure()
 
     def load(self, key: Any = None) -> Any:
         """A whole sub-tree (or everything), like ``store.load(..., key=key)``."""
-        return load_state(self._blobs, self.manifest, key=key)
+        return load_state(self._storage, self.manifest, key=key)
 
     def close(self) -> None:
         for r in self._readers.values():

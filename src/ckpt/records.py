@@ -23,6 +23,8 @@ class CheckpointInfo:
     new_bytes: int  # bytes this save actually wrote to storage (the rest was deduplicated)
     tags: tuple[str, ...] = ()
     status: str = "committed"
+    variant: str = ""  # tells two checkpoints at one (run, epoch, step) apart ("weights"...); "" usually
+    format: int = 2  # manifest format on storage
 
     @property
     def short_id(self) -> str:
@@ -32,7 +34,8 @@ class CheckpointInfo:
         return {"id": self.id, "run": self.run, "epoch": self.epoch, "step": self.step,
                 "metrics": dict(self.metrics), "content_hash": self.content_hash, "parent": self.parent,
                 "created_at": self.created_at.isoformat(), "logical_size": self.logical_size,
-                "new_bytes": self.new_bytes, "tags": list(self.tags), "status": self.status}
+                "new_bytes": self.new_bytes, "tags": list(self.tags), "status": self.status,
+                "variant": self.variant}
 
 
 @dataclass(frozen=True)

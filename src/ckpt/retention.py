@@ -10,12 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
-
 from ckpt.errors import InvalidArgumentError, MetricDirectionError
-from ckpt.index.engine import Index
-from ckpt.index.schema import Checkpoint, Pack, Ref, Run
 from ckpt.metrics import check_mode, infer_mode, resolve_mode
 from ckpt.records import CheckpointInfo
 
@@ -98,33 +93,3 @@ def plan(infos_by_run: dict[str, list[CheckpointInfo]], objectives: dict[str, tu
             (result.keep if why.get(i.id) else result.remove).append(i)
     result.reasons = {k: v for k, v in why.items() if k in {i.id for i in result.keep}}
     return result
-
-
-def branch_points(index: Index, ids: list[str]) -> dict[str, str]:
-    """Which of ``ids`` are parents of a committed checkpoint in another run (and that run's name)."""
-    out: dict[str, str] = {}
-    with index.read() as s:
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            parent = aliased(Checkpoint)
-            rows = s.execute(select(Checkpoint.parent_id, Run.name)
-                             .join(parent, parent.id == Checkpoint.parent_id)
-                             .join(Run, Run.id == Checkpoint.run_id)
-                             .where(Checkpoint.parent_id.in_(chunk), Checkpoint.status == "committed",
-                                    Checkpoint.run_id != parent.run_id)).all()
-            out.update({p: name for p, name in rows})
-    return out
-
-
-def freed_packs(index: Index, remove_ids: list[str]) -> dict[str, int]:
-    """The packs (and their sizes) that no checkpoint would refer to once ``remove_ids`` are gone."""
-    if not remove_ids:
-        return {}
-    doomed = set(remove_ids)
-    with index.read() as s:
-        rows = s.execute(select(Ref.checkpoint_id, Ref.pack_id)).all()
-        users: dict[str, set[str]] = defaultdict(set)
-        for cid, pack in rows:
-            users[pack].add(cid)
-        freed = [p for p, cids in users.items() if cids <= doomed]
-        return dict(s.execute(select(Pack.id, Pack.size).where(Pack.id.in_(freed))).all()) if freed else {}

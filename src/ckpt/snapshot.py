@@ -1,7 +1,7 @@
 """Turn a training state into what a save writes: skeleton bytes plus contiguous CPU tensors.
 
 This is the part of a save that must happen before the call returns (the training loop may change
-its tensors right after). Hashing and writing happen later, in ckpt.persist.
+its tensors right after). Hashing and writing happen later, in ckpt.writer.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ckpt.serialization.skeleton import flatten
-from ckpt.serialization.tensors import byte_view, check_supported, contiguous_cpu, dtype_name
+from ckpt.format.skeleton import flatten
+from ckpt.format.tensors import check_supported, contiguous_cpu, dtype_name, raw_view
 from ckpt.staging import Staging
 
 
@@ -23,15 +23,14 @@ class SlotData:
     shape: tuple[int, ...]
     kind: str
     path: tuple  # the first key path that refers to this slot
-    check: str | None = None  # xxh3-128 of the bytes, filled by persist
-    hash: str | None = None  # blake3 content hash, filled by persist
+    stable: bool = False  # the snapshot owns these bytes (a copy): nobody else can change them
     _data: memoryview | None = None
 
     @property
     def data(self) -> memoryview:
         """The raw bytes (made on first use: not on the blocking path of an async save)."""
         if self._data is None:
-            self._data = byte_view(self.tensor)
+            self._data = raw_view(self.tensor)
         return self._data
 
     @property
@@ -64,8 +63,11 @@ def take(state: Any, staging: Staging | None = None) -> Snapshot:
         check_supported(t, describe(first_path.get(slot, ())))
     if staging is not None:
         tensors = staging.stage(flat.tensors)
+        stable = [True] * len(tensors)
     else:
         tensors = [contiguous_cpu(t) for t in flat.tensors]
-    slots = [SlotData(t, dtype_name(t.dtype), tuple(t.shape), kind, first_path.get(i, ()))
-             for i, (t, kind) in enumerate(zip(tensors, flat.kinds))]
+        # A copy (from a GPU, or of a non-contiguous view) is ours; the caller's own memory is not.
+        stable = [out.data_ptr() != t.data_ptr() or t.device.type != "cpu" for out, t in zip(tensors, flat.tensors)]
+    slots = [SlotData(t, dtype_name(t.dtype), tuple(t.shape), kind, first_path.get(i, ()), st)
+             for i, (t, kind, st) in enumerate(zip(tensors, flat.kinds, stable))]
     return Snapshot(flat.skeleton, slots, list(flat.leaves))

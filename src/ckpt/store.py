@@ -1,40 +1,32 @@
-"""CheckpointStore: the public facade. It orchestrates; the modules it calls do the work."""
+"""CheckpointStore: the public facade. It orchestrates; the modules it calls do the work (no SQL here)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import warnings
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.orm import aliased
-
 from ckpt import commit, refs, run_exit, validation
-from ckpt.blobs import BlobStore
-from ckpt.commit import Context, as_utc, writer_dead
-from ckpt.errors import (CheckpointNotFoundError, CorruptCheckpointError, IndexCorruptError,
-                         InvalidArgumentError, ReadOnlyStoreError, StoreNotFoundError)
-from ckpt.index.engine import Index
-from ckpt.index.migrate import ensure_schema
-from ckpt.index.schema import Checkpoint, Metric, Run, Tag
-from ckpt.loading import load_into as _load_into
-from ckpt.loading import load_state
-from ckpt.metrics import check_mode, resolve_mode, to_float
-from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
-from ckpt.selectors import Resolver, resolve
-from ckpt.serialization import manifest as mf
+from ckpt.catalog import Catalog
+from ckpt.commit import Context
+from ckpt.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError, InvalidArgumentError,
+                         MissingBlobError, ReadOnlyStoreError)
+from ckpt.format import manifest as mf
 from ckpt.lazy import LazyCheckpoint
+from ckpt.locks import Locks
+from ckpt.metrics import check_mode, resolve_mode, to_float
+from ckpt.opening import StoreFiles, open_catalog, open_files
+from ckpt.reader import load_into as _load_into
+from ckpt.reader import load_state
+from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
 from ckpt.snapshot import take
 from ckpt.staging import Staging
 
 log = logging.getLogger("ckpt")
-MARKER = "ckpt-store.json"
 COMPRESSION = ("auto", "none", "zstd")
 #: Statuses a run can be given; "crashed" is never stored: it is what a dead "running" run reports.
 RUN_STATUSES = ("completed", "failed", "interrupted", "running")
@@ -56,22 +48,14 @@ class PendingSave:
         return self._future.exception(timeout)
 
 
-def _default_index(blobs: BlobStore) -> str:
-    if blobs.is_local:
-        return f"sqlite:///{os.path.join(blobs.root, 'index.sqlite')}"
-    if blobs.protocol == "memory":
-        return "sqlite://"
-    cache = Path(os.environ.get("CKPT_CACHE_DIR", Path.home() / ".cache" / "ckpt"))
-    cache.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{cache / (hashlib.sha256(blobs.url.encode()).hexdigest()[:24] + '.sqlite')}"
-
-
 class CheckpointStore:
     """A checkpoint store at ``location`` (a directory or an fsspec URL) with its index.
 
-    ``index`` takes any SQLAlchemy URL (default: SQLite inside a local store). ``compression`` is
-    "auto" (zstd only where storage is slower than the compressor, i.e. not on local disk), "zstd"
-    or "none". ``readonly`` opens without creating, migrating or recovering anything.
+    ``index`` takes any SQLAlchemy URL (default: SQLite inside a local store, a per-host cache for
+    remote ones). ``compression`` is "auto" (zstd only where storage is slower than the compressor,
+    i.e. not on local disk), "zstd" or "none". ``readonly`` opens without writing anything at all: no
+    store, index, schema, migration or recovery is created or run (a missing or old index is rebuilt in
+    memory from the manifests).
     """
 
     def __init__(self, location: str | os.PathLike[str], *, index: str | None = None,
@@ -79,76 +63,44 @@ class CheckpointStore:
                  storage_options: dict[str, Any] | None = None, rebuild_index: bool = False) -> None:
         if compression not in COMPRESSION:
             raise InvalidArgumentError(f"compression must be one of {COMPRESSION}, not {compression!r}")
-        location = os.fspath(location)
-        if not isinstance(location, str) or not location:
-            raise InvalidArgumentError(f"location must be a path or URL, got {location!r}")
-        if "://" not in location:
-            location = os.path.abspath(os.path.expanduser(location))
         self.readonly = readonly
-        self.blobs = BlobStore(location, storage_options)
-        self._open_storage()
-        self.location = self.blobs.url
+        self._files: StoreFiles = open_files(location, storage_options, readonly=readonly)
+        self.storage = self._files.storage
+        self.location = self.storage.url
+        self.store_id = self._files.store_id
         self.compression = compression
-        self._compress = compression == "zstd" or (compression == "auto" and not self.blobs.is_local
-                                                   and self.blobs.protocol != "memory")
-        self.index = Index(index or _default_index(self.blobs))
-        try:
-            ensure_schema(self.index, readonly=readonly)
-        except IndexCorruptError:
-            if not (rebuild_index and index is None and self.index.url.startswith("sqlite:///")):
-                raise
-            self._move_index_aside()
-            ensure_schema(self.index, readonly=readonly)
-        self._ctx = Context(self.blobs, self.index)
+        self._compress = compression == "zstd" or (compression == "auto" and self.storage.is_object_store)
+        self.catalog: Catalog = open_catalog(self._files, index, readonly=readonly, rebuild=rebuild_index)
+        self.locks = Locks(self.storage)
+        self._ctx = Context(self.storage, self.catalog, self.locks, self.store_id)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: PendingSave | None = None
         self._staging = Staging()
-        if not readonly:
-            commit.recover(self._ctx)
-        self._sync_index()
+        self._files.bind(self._ctx, readonly=readonly)
 
-    # -- opening -------------------------------------------------------------------------------
-    def _move_index_aside(self) -> None:
-        path = self.index.url[len("sqlite:///"):]
-        self.index.dispose()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.replace(path + suffix, f"{path}.damaged-{stamp}{suffix}")
-        log.warning("moved the damaged index aside to %s.damaged-%s; rebuilding it from the manifests", path, stamp)
-        self.index = Index(f"sqlite:///{path}")
+    # -- compatibility handles ------------------------------------------------------------------
+    @property
+    def index(self) -> Any:
+        """The index database (engine and sessions); prefer the store's methods or ``store.catalog``."""
+        return self.catalog.index
 
-    def _open_storage(self) -> None:
-        if self.blobs.exists(MARKER):
-            return
-        if self.readonly:
-            raise StoreNotFoundError(f"no ckpt store at {self.blobs.url}; check --store / CKPT_STORE, or create "
-                                     f"one by saving to it (CheckpointStore(path).save(...))")
-        for d in ("packs", "manifests", "refs/tags", "refs/runs"):
-            self.blobs.makedirs(d)
-        doc = {"ckpt_store": 1, "created_at": datetime.now(timezone.utc).isoformat()}
-        try:
-            self.blobs.write(MARKER, [json.dumps(doc).encode()], exclusive=True)
-        except FileExistsError:
-            pass
+    @property
+    def compresses(self) -> bool:
+        """Whether saves to this store compress tensors (``compression``, resolved for this storage)."""
+        return self._compress
 
-    def _sync_index(self) -> None:
-        """An empty index over a store with manifests (deleted index, new machine) is rebuilt."""
-        with self.index.read() as s:
-            if s.scalar(select(func.count()).select_from(Checkpoint)):
-                return
-        if any(e.name.endswith(".json") and not e.name.startswith(".") for e in self.blobs.list("manifests")):
-            log.warning("index at %s is empty but the store has manifests: rebuilding it", self.index.url)
-            from ckpt.reindex import rebuild
-            rebuild(self._ctx, only_if_empty=True)
+    @property
+    def context(self) -> Context:
+        """The commit protocol's context (storage, catalog, locks): for integrations that write
+        checkpoints themselves (ckpt.integrations.dcp)."""
+        self._writable()
+        return self._ctx
 
     @staticmethod
     def exists(location: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> bool:
         """Whether ``location`` holds a ckpt store (without creating one)."""
-        location = os.fspath(location)
-        if "://" not in location:
-            location = os.path.abspath(os.path.expanduser(location))
-        return BlobStore(location, storage_options).exists(MARKER)
+        from ckpt.opening import has_store
+        return has_store(location, storage_options)
 
     def close(self) -> None:
         try:
@@ -158,7 +110,7 @@ class CheckpointStore:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self._staging.release()
-            self.index.dispose()
+            self.catalog.close()
 
     def __enter__(self) -> "CheckpointStore":
         return self
@@ -167,7 +119,7 @@ class CheckpointStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"CheckpointStore({self.location!r}, index={self.index.url!r})"
+        return f"CheckpointStore({self.location!r}, index={self.catalog.url!r})"
 
     def _writable(self) -> None:
         if self.readonly:
@@ -176,43 +128,57 @@ class CheckpointStore:
     # -- saving --------------------------------------------------------------------------------
     def save(self, run: str, epoch: int, state: Any, metrics: dict[str, Any] | None = None, *,
              step: int | None = None, parent: Any = None, tags: tuple[str, ...] | list[str] = (),
-             blocking: bool = True) -> CheckpointInfo | PendingSave:
+             blocking: bool = True, variant: str | None = None) -> CheckpointInfo | PendingSave:
         """Store ``state`` durably; returns once it is fsynced, hashed and indexed.
 
         Only tensors new to the store are written. ``parent`` (a selector or CheckpointInfo) records
         lineage when a run resumes or fine-tunes from another checkpoint; by default it is the run's
-        previous checkpoint. With ``blocking=False`` the call returns right after copying the tensors
-        into reused staging buffers and a background thread does the rest: the returned PendingSave's
-        ``result()`` gives the CheckpointInfo; a failure is raised there, at the next save, or at
-        ``wait()``. The checkpoint is visible only once committed.
+        previous checkpoint. ``variant`` names a second checkpoint at the same (run, epoch, step), e.g.
+        "weights" for a weights-only copy. With ``blocking=False`` the call returns right after copying
+        the tensors into reused staging buffers and a background thread does the rest: the returned
+        PendingSave's ``result()`` gives the CheckpointInfo; a failure is raised there, at the next save,
+        or at ``wait()``. The checkpoint is visible only once committed.
         """
         self._writable()
         self.wait()  # earlier async saves commit first (lineage order) and release the staging buffers
         run = validation.run_name(run)
         epoch = validation.integer("epoch", epoch)  # type: ignore[assignment]
         step = validation.integer("step", step, allow_none=True)
+        variant = validation.variant_name(variant)
         metric_values = {name: to_float(name, v) for name, v in (metrics or {}).items()}
         if isinstance(tags, str):
             tags = (tags,)
         tags = tuple(validation.tag_name(t) for t in tags)
         parent_id = self._parent_id(parent) if parent is not None else None
         if blocking:
-            return self._persist(run, epoch, take(state), metric_values, step, parent_id, parent is None, tags)
+            return self._persist(run, epoch, take(state), metric_values, step, variant, parent_id, parent is None,
+                                 tags)
         snap = take(state, self._staging)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
-        future = self._pool.submit(self._persist, run, epoch, snap, metric_values, step, parent_id,
+        future = self._pool.submit(self._persist, run, epoch, snap, metric_values, step, variant, parent_id,
                                    parent is None, tags)
         self._pending = PendingSave(future)
         return self._pending
 
-    def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None,
+    def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None, variant: str,
                  parent: str | None, default_parent: bool, tags: tuple[str, ...]) -> CheckpointInfo:
-        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step,
-                        parent=parent, default_parent=default_parent, tags=tags, compress=self._compress,
-                        write_tag_ref=lambda t, cid: refs.write(self.blobs, "tags", t, {"checkpoint": cid}))
-        run_exit.track((id(self.index), run), lambda status, r=run: self._finish_at_exit(r, status))
+        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step, variant=variant,
+                        parent=parent, default_parent=default_parent, tags=tags, compress=self._compress)
+        self.track_run(run)
         return self.get(m.id)
+
+    def track_run(self, run: str) -> None:
+        """Mark ``run`` completed (or failed, after an unhandled exception) when this process exits,
+        unless :meth:`finish_run` says otherwise first."""
+        ref = weakref.ref(self)
+
+        def finish(status: str, r: str = run) -> None:
+            store = ref()
+            if store is not None and not store.readonly:
+                from ckpt.catalog import writes
+                store.catalog.write(writes.finish_at_exit, r, status)
+        run_exit.track((id(self.catalog), run), finish)
 
     def wait(self) -> CheckpointInfo | None:
         """Block until the last asynchronous save is committed; raises its error if it failed."""
@@ -222,7 +188,7 @@ class CheckpointStore:
     def open(self, selector: Any = "latest", *, run: str | None = None) -> LazyCheckpoint:
         """A lazy view of one checkpoint: tensors are read (and checked) one at a time, on access."""
         info = self.get(selector, run=run)
-        return LazyCheckpoint(self.blobs, self._ctx.manifest(info.id), info)
+        return LazyCheckpoint(self.storage, self._ctx.manifest(info.id, info.format), info)
 
     def _parent_id(self, parent: Any) -> str:
         if isinstance(parent, CheckpointInfo):
@@ -230,23 +196,23 @@ class CheckpointStore:
         return self.get(parent).id
 
     # -- reading -------------------------------------------------------------------------------
-    def _rows(self, selector: Any, run: str | None = None, mode: str | None = None,
-              limit: int = 50) -> list[CheckpointInfo]:
-        if isinstance(selector, CheckpointInfo):
-            selector = selector.id
-        with self.index.read() as s:
-            return [self._info(r) for r in resolve(s, selector, run=run, mode=mode, limit=limit)]
+    def resolve(self, selector: Any = "latest", *, run: str | None = None, mode: str | None = None,
+                limit: int = 50) -> list[CheckpointInfo]:
+        """Every checkpoint a selector may mean, preferred first (several only for latest/best forms)."""
+        return self.catalog.resolve(selector, run=run, mode=mode, limit=limit)
 
     def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
         """The index entry a selector names (no data is read)."""
-        return self._rows(selector, run, limit=1)[0]
+        return self.catalog.get(selector, run=run)
 
     def manifest(self, selector: Any = "latest", *, run: str | None = None) -> mf.Manifest:
-        return self._ctx.manifest(self.get(selector, run=run).id)
+        info = self.get(selector, run=run)
+        return self._ctx.manifest(info.id, info.format)
 
     def load(self, selector: Any = "latest", *, run: str | None = None, map_location: Any = None,
              key: Any = None, verify: bool | str = True, with_info: bool = False) -> Any:
-        """The saved structure, exactly (tensors on CPU unless ``map_location``).
+        """The saved structure, exactly (tensors on CPU unless ``map_location``, which takes what
+        torch.load takes: a device, a string, a dict of locations or a callable).
 
         ``key`` loads one sub-tree (e.g. "model") and reads only its bytes. For "latest" and "best"
         forms a damaged checkpoint is skipped, with a warning, for the next one; ``with_info=True``
@@ -255,7 +221,7 @@ class CheckpointStore:
         used: list[mf.Manifest] = []
 
         def work(m: mf.Manifest) -> Any:
-            state = load_state(self.blobs, m, key=key, map_location=map_location, verify=verify)
+            state = load_state(self.storage, m, key=key, map_location=map_location, verify=verify)
             used.append(m)
             return state
 
@@ -269,18 +235,18 @@ class CheckpointStore:
 
         def work(m: mf.Manifest) -> Any:
             out.append(m)
-            return _load_into(self.blobs, m, target, key=key, strict=strict, verify=verify)
+            return _load_into(self.storage, m, target, key=key, strict=strict, verify=verify)
 
         missing, unexpected, loaded = self._with_fallback(selector, run, work)
         return LoadReport(missing, unexpected, loaded, self.get(out[-1].id))
 
     def _with_fallback(self, selector: Any, run: str | None, work, _attempt: int = 0) -> Any:  # type: ignore[no-untyped-def]
-        candidates = self._rows(selector, run)
+        candidates = self.resolve(selector, run=run)
         for i, info in enumerate(candidates):
             try:
-                return work(self._ctx.manifest(info.id))
+                return work(self._ctx.manifest(info.id, info.format))
             except CorruptCheckpointError as exc:
-                if not self._committed(info.id):  # deleted (pruned) by another process meanwhile
+                if self._deleted_meanwhile(info, exc):  # pruned, by this or another host, while loading
                     if len(candidates) == 1 and _attempt >= 2:
                         raise CheckpointNotFoundError(
                             f"checkpoint {info.short_id} ({info.run}@{info.epoch}) was deleted while it was "
@@ -297,58 +263,36 @@ class CheckpointStore:
                 log.warning(msg)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _committed(self, checkpoint_id: str) -> bool:
-        with self.index.read() as s:
-            return s.scalar(select(Checkpoint.status).where(Checkpoint.id == checkpoint_id)) == "committed"
+    def _deleted_meanwhile(self, info: CheckpointInfo, exc: CorruptCheckpointError) -> bool:
+        """Whether a checkpoint that failed to load was deleted (by ckpt, here or on another host)
+        rather than damaged: a missing manifest or pack counts as deleted only when a deletion ran since
+        the index last looked (the deletion generation moved), else it is damage, reported as such."""
+        if self.catalog.status_of(info.id) != "committed":
+            return True
+        if not isinstance(exc, MissingBlobError) or self.readonly:
+            return False
+        try:
+            generation = self.locks.generation()
+            if generation == self.catalog.generation():
+                return False
+            from ckpt import sync
+            sync.sync(self._ctx, generation=generation)
+        except CkptError:
+            return False
+        return self.catalog.status_of(info.id) != "committed"
 
     def latest(self, run: str | None = None) -> CheckpointInfo:
         return self.get("latest", run=run)
 
     def best(self, metric: str | None = None, mode: str | None = None, run: str | None = None) -> CheckpointInfo:
-        """The best committed checkpoint by ``metric`` (default: the run's objective). NaN never wins."""
-        with self.index.read() as s:
-            return self._info(Resolver(s).best(metric, mode=mode, run=run, limit=1)[0])
+        """The best committed checkpoint by ``metric`` (default: the run's objective, or its only metric
+        when its direction is clear). NaN never wins."""
+        return self.catalog.best(metric, mode, run)
 
     def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
              tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
         """Committed checkpoints, oldest first; with ``sort=METRIC``, best first (NaN and missing last)."""
-        with self.index.read() as s:
-            q = select(Checkpoint).where(Checkpoint.status == "committed")
-            if run is not None:
-                q = q.where(Checkpoint.run_id == Resolver(s).run_row(run).id)
-            if tag is not None:
-                q = q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == tag)
-            if sort is None or sort == "created":
-                q = q.order_by(Checkpoint.seq)
-            elif sort == "epoch":
-                q = q.join(Run, Run.id == Checkpoint.run_id).order_by(Run.name, Checkpoint.epoch,
-                                                                      Checkpoint.step_key, Checkpoint.seq)
-            else:
-                # Best first in two index-friendly queries: rows with a finite value by (name, value),
-                # then the rest (no value, NaN, inf) in commit order.
-                mode = check_mode(resolve_mode(sort, mode or Resolver(s).declared_mode(sort)))
-                ranked = q.join(Metric, and_(Metric.checkpoint_id == Checkpoint.id, Metric.name == sort)) \
-                    .where(Metric.value.is_not(None)) \
-                    .order_by(Metric.value.desc() if mode == "max" else Metric.value.asc(), Checkpoint.seq)
-                rows = list(s.scalars(ranked.limit(limit) if limit is not None else ranked))
-                if limit is None or len(rows) < limit:
-                    m = aliased(Metric)
-                    rest = q.outerjoin(m, and_(m.checkpoint_id == Checkpoint.id, m.name == sort)) \
-                        .where(m.value.is_(None)).order_by(Checkpoint.seq)
-                    if limit is not None:
-                        rest = rest.limit(limit - len(rows))
-                    rows += list(s.scalars(rest))
-                return [self._info(r) for r in rows]
-            if limit is not None:
-                q = q.limit(limit)
-            return [self._info(r) for r in s.scalars(q)]
-
-    def _info(self, row: Checkpoint) -> CheckpointInfo:
-        return CheckpointInfo(
-            id=row.id, run=row.run.name, epoch=row.epoch, step=row.step,
-            metrics={m.name: float(m.raw) for m in row.metrics}, content_hash=row.content_hash or "",
-            parent=row.parent_id, created_at=as_utc(row.created_at), logical_size=row.logical_size,
-            new_bytes=row.new_bytes, tags=tuple(sorted(t.name for t in row.tags)), status=row.status)
+        return self.catalog.list(run, sort, mode=mode, tag=tag, limit=limit)
 
     # -- runs ----------------------------------------------------------------------------------
     def set_objective(self, run: str, metric: str, mode: str | None = None) -> None:
@@ -357,13 +301,8 @@ class CheckpointStore:
         run = validation.run_name(run)
         mode = check_mode(resolve_mode(metric, mode))
         to_float(metric, 0.0)
-
-        def txn(s):  # type: ignore[no-untyped-def]
-            r = commit.touch_run(s, run, status=None)
-            r.objective_metric, r.objective_mode = metric, mode
-            return r.status
-        status = self.index.write_txn(txn)
-        refs.write(self.blobs, "runs", run, {"objective": metric, "mode": mode, "status": status})
+        status = self.catalog.set_objective(run, metric, mode)
+        refs.write(self.storage, "runs", run, {"objective": metric, "mode": mode, "status": status})
 
     def finish_run(self, run: str, status: str = "completed") -> None:
         """Mark a run completed, failed or interrupted (preempted, Ctrl-C). Runs saved to are marked
@@ -372,42 +311,13 @@ class CheckpointStore:
         if status not in RUN_STATUSES:
             raise InvalidArgumentError(f"status must be one of {RUN_STATUSES}, not {status!r}")
         run = validation.run_name(run)
-
-        def txn(s):  # type: ignore[no-untyped-def]
-            r = commit.touch_run(s, run, status=status)
-            return r.objective_metric, r.objective_mode
-        objective, mode = self.index.write_txn(txn)
-        refs.write(self.blobs, "runs", run, {"objective": objective, "mode": mode, "status": status})
-        run_exit.forget((id(self.index), run))
-
-    def _finish_at_exit(self, run: str, status: str) -> None:
-        def txn(s):  # type: ignore[no-untyped-def]
-            s.execute(update(Run).where(Run.name == run, Run.status == "running", Run.pid == os.getpid())
-                      .values(status=status, updated_at=commit.now()))
-        self.index.write_txn(txn)
+        objective, mode = self.catalog.set_status(run, status)
+        refs.write(self.storage, "runs", run, {"objective": objective, "mode": mode, "status": status})
+        run_exit.forget((id(self.catalog), run))
 
     def runs(self) -> list[RunInfo]:
         """Every run with its status; a 'running' run whose process is gone is reported 'crashed'."""
-        out = []
-        with self.index.read() as s:
-            for r in s.scalars(select(Run).order_by(Run.created_at)):
-                q = select(Checkpoint).where(Checkpoint.run_id == r.id, Checkpoint.status == "committed")
-                count = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-                last = s.scalars(q.order_by(Checkpoint.seq.desc()).limit(1)).first()
-                status = r.status
-                if status == "running" and writer_dead(r.host, r.pid, r.heartbeat_at or r.updated_at):
-                    status = "crashed"
-                best_value = None
-                if r.objective_metric:
-                    try:
-                        best = Resolver(s).best(None, run=r.name, limit=1)[0]
-                        best_value = next((float(m.raw) for m in best.metrics if m.name == r.objective_metric), None)
-                    except Exception:
-                        best_value = None
-                out.append(RunInfo(r.name, status, r.objective_metric, r.objective_mode, as_utc(r.created_at),
-                                   as_utc(r.updated_at), r.host, r.pid, count,
-                                   last.epoch if last else None, best_value))
-        return out
+        return self.catalog.runs()
 
     # -- tags and deletion ---------------------------------------------------------------------
     def tag(self, selector: Any, name: str) -> CheckpointInfo:
@@ -415,42 +325,24 @@ class CheckpointStore:
         self._writable()
         name = validation.tag_name(name)
         info = self.get(selector)
-        refs.write(self.blobs, "tags", name, {"checkpoint": info.id})
-
-        def txn(s):  # type: ignore[no-untyped-def]
-            s.execute(delete(Tag).where(Tag.name == name))
-            s.add(Tag(name=name, checkpoint_id=info.id, created_at=commit.now()))
-        self.index.write_txn(txn)
+        refs.write(self.storage, "tags", name, {"checkpoint": info.id})
+        self.catalog.tag(name, info.id)
         return self.get(info.id)
 
     def untag(self, name: str) -> None:
         self._writable()
         name = validation.tag_name(name)
-        self.index.write_txn(lambda s: s.execute(delete(Tag).where(Tag.name == name)))
-        refs.delete(self.blobs, "tags", name)
+        self.catalog.untag(name)
+        refs.delete(self.storage, "tags", name)
 
     def delete(self, selector: Any, *, free: bool = True) -> CheckpointInfo:
-        """Remove a checkpoint (index row, manifest, tags). With ``free``, the packs that only it used are
-        deleted at once; packs it shares with other checkpoints stay."""
+        """Remove a checkpoint (manifest, index row, tags). With ``free``, the packs that no other
+        checkpoint on storage uses are deleted at once; shared ones stay. Deleting a checkpoint another
+        process deleted first is not an error."""
         self._writable()
         info = self.get(selector)
-        from ckpt.retention import freed_packs
-        packs = freed_packs(self.index, [info.id]) if free else {}
-
-        def mark(s):  # type: ignore[no-untyped-def]
-            row = s.get(Checkpoint, info.id)
-            if row is not None:
-                row.status, row.host, row.pid = "deleting", commit.HOST, os.getpid()
-            return [t.name for t in row.tags] if row is not None else []
-        tags = self.index.write_txn(mark)
-        for t in tags:
-            refs.delete(self.blobs, "tags", t)
-        self.blobs.delete(mf.path_for(info.id))
-        self._ctx.forget(info.id)
-        self.index.write_txn(lambda s: s.execute(delete(Checkpoint).where(Checkpoint.id == info.id)))
-        if packs:
-            from ckpt.gc import collect
-            collect(self._ctx, dry_run=False, grace_seconds=0, only=set(packs))
+        from ckpt.deletion import delete_checkpoints
+        delete_checkpoints(self._ctx, [info.id], free=free)
         return info
 
     def prune(self, *, keep_last: int | None = None, keep_best: int | None = None,
@@ -461,26 +353,22 @@ class CheckpointStore:
         Tagged checkpoints, each run's latest and best, and branch points are always kept.
         Returns a PrunePlan (kept with reasons, removed, bytes freed).
         """
-        from ckpt.gc import collect
-        from ckpt.retention import RetentionPolicy, branch_points, freed_packs, plan
+        from ckpt.deletion import delete_checkpoints
+        from ckpt.retention import RetentionPolicy, plan
         policy = RetentionPolicy(keep_last, keep_best, keep_every, metric, mode)
         if not dry_run:
             self._writable()
         by_run: dict[str, list[CheckpointInfo]] = {}
         for info in self.list(run=run):  # raises a clear error for an unknown run
             by_run.setdefault(info.run, []).append(info)
-        with self.index.read() as s:
-            objectives = {r.name: (r.objective_metric, r.objective_mode) for r in s.scalars(select(Run))}
         ids = [i.id for infos in by_run.values() for i in infos]
-        result = plan(by_run, objectives, policy, branch_points(self.index, ids))
-        packs = freed_packs(self.index, [i.id for i in result.remove])
-        result.bytes_freed = sum(packs.values())
+        result = plan(by_run, self.catalog.objectives(), policy, self.catalog.branch_points(ids))
+        remove = [i.id for i in result.remove]
         result.dry_run = dry_run
-        if not dry_run:
-            for info in result.remove:
-                self.delete(info.id)
-            if packs:
-                collect(self._ctx, dry_run=False, grace_seconds=0, only=set(packs))
+        if dry_run:
+            result.bytes_freed = sum(self.catalog.exclusive_packs(remove).values())
+        elif remove:
+            result.bytes_freed = sum(delete_checkpoints(self._ctx, remove).values())
         return result
 
     # -- maintenance ---------------------------------------------------------------------------
@@ -489,14 +377,23 @@ class CheckpointStore:
         from ckpt.verify import verify_store
         return verify_store(self._ctx, full=full)
 
+    def sync(self) -> int:
+        """Bring the index up to date with storage (checkpoints other hosts saved or deleted); returns
+        how many checkpoints it added. Opening a store does this when the index may be behind."""
+        from ckpt import sync
+        return sync.sync(self._ctx, generation=self.locks.generation() if not self.readonly else None).added
+
     def reindex(self) -> int:
-        """Rebuild the index from the manifests on storage; returns the number of checkpoints indexed."""
+        """Rebuild the index from the manifests on storage; returns the number of checkpoints indexed.
+        Runs under the store's exclusive lock: saves in flight finish first, new ones wait."""
         self._writable()
-        from ckpt.reindex import rebuild
-        return rebuild(self._ctx)
+        from ckpt import sync
+        with self.locks.exclusive(what="reindex") as lock:
+            return sync.rebuild(self._ctx, generation=lock.generation)
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0):  # type: ignore[no-untyped-def]
-        """Remove packs that no checkpoint refers to (older than the grace period), and dead temp files."""
+        """Remove packs that no manifest on storage refers to (older than the grace period), and dead
+        writers' temp files and uploads."""
         if not dry_run:
             self._writable()
         from ckpt.gc import collect
@@ -506,4 +403,17 @@ class CheckpointStore:
         """What changed between two checkpoints; unchanged tensors are recognised by hash, unread."""
         from ckpt.diff import diff_checkpoints
         ia, ib = self.get(a), self.get(b)
-        return diff_checkpoints(self.blobs, ia, ib, self._ctx.manifest(ia.id), self._ctx.manifest(ib.id))
+        return diff_checkpoints(self.storage, ia, ib, self._ctx.manifest(ia.id, ia.format),
+                                self._ctx.manifest(ib.id, ib.format))
+
+    def stats(self) -> dict[str, int]:
+        """Rows per index table (a save adds O(1) of them, whatever the number of tensors)."""
+        return self.catalog.row_counts()
+
+
+def _marker_doc(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

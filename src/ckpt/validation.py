@@ -53,3 +53,13 @@ def integer(kind: str, value: Any, *, allow_none: bool = False) -> int | None:
     if not -(2**62) < v < 2**62:
         raise InvalidArgumentError(f"{kind} {v} is out of range")
     return v
+
+
+def variant_name(value: Any) -> str:
+    """A checkpoint variant ("" when None): a short identifier such as "weights"."""
+    if value is None or value == "":
+        return ""
+    name = _text("variant", value, 64)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise InvalidArgumentError(f"variant {name!r} may only hold letters, digits, '_', '.' and '-'")
+    return name

@@ -2,44 +2,39 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
 
-from ckpt.commit import Context
+from ckpt import sync
 from ckpt.errors import CkptError
-from ckpt.index.schema import Checkpoint
-from ckpt.loading import read_manifest
+from ckpt.format import manifest as mf
+from ckpt.format.pack_header import parse_header
+from ckpt.packs import read_slot
 from ckpt.records import Problem, VerifyReport
-from ckpt.serialization import manifest as mf
-from ckpt.serialization.packs import read_slot
-from ckpt.serialization.safetensors_header import parse_header
 
 
-def _manifest_ids(ctx: Context) -> set[str]:
-    return {e.name[:-5] for e in ctx.blobs.list("manifests")
-            if e.name.endswith(".json") and not e.name.startswith(".")}
-
-
-def verify_store(ctx: Context, *, full: bool) -> VerifyReport:
+def verify_store(ctx: Any, *, full: bool) -> VerifyReport:
     report = VerifyReport()
-    with ctx.index.read() as s:
-        rows = [(r.id, r.run.name, r.epoch, r.content_hash)
-                for r in s.scalars(select(Checkpoint).where(Checkpoint.status == "committed"))]
-    on_disk = _manifest_ids(ctx)
-    indexed = {r[0] for r in rows}
-    for extra in sorted(on_disk - indexed):
+    indexed = ctx.catalog.committed()
+    infos = {i.id: i for i in ctx.catalog.list()} if indexed else {}
+    on_disk = sync.listing(ctx.storage)
+    for extra in sorted(set(on_disk) - set(indexed)):
         report.problems.append(Problem("unindexed-manifest", extra,
                                        "manifest on storage is not in the index; run `ckpt reindex`"))
     slots_by_pack: dict[str, dict[tuple[str, int, int], mf.Slot]] = {}
-    for cid, run, epoch, chash in rows:
+    for cid, fmt in indexed.items():
         report.checkpoints += 1
+        info = infos.get(cid)
+        label = f"{info.run}@{info.epoch}" if info else cid[:12]
         try:
-            m = read_manifest(ctx.blobs, cid)
+            m = sync.read_manifest(ctx.storage, cid, fmt, structure=True)
+            m.structure()  # the skeleton must be readable (and safe) too
         except CkptError as exc:
-            report.problems.append(Problem("bad-manifest", cid, f"{run}@{epoch}: {exc}"))
+            report.problems.append(Problem("bad-manifest", cid, f"{label}: {exc}"))
             continue
-        if (m.run, m.epoch, m.content_hash) != (run, epoch, chash):
-            report.problems.append(Problem("index-mismatch", cid, f"index says {run}@{epoch} {chash[:12]}, "
-                                           f"manifest says {m.run}@{m.epoch} {m.content_hash[:12]}"))
+        if info is not None and (m.run, m.epoch, m.content_hash) != (info.run, info.epoch, info.content_hash):
+            report.problems.append(Problem("index-mismatch", cid, f"index says {info.run}@{info.epoch} "
+                                           f"{info.content_hash[:12]}, manifest says {m.run}@{m.epoch} "
+                                           f"{m.content_hash[:12]}"))
         for s in m.slots:
             slots_by_pack.setdefault(s.pack, {})[(s.hash, s.offset, s.length)] = s
     for pack, slots in sorted(slots_by_pack.items()):
@@ -48,10 +43,9 @@ def verify_store(ctx: Context, *, full: bool) -> VerifyReport:
     return report
 
 
-def _check_pack(ctx: Context, pack: str, slots: list[mf.Slot], full: bool, report: VerifyReport) -> None:
-    rel = mf.pack_path(pack)
+def _check_pack(ctx: Any, pack: str, slots: list[mf.Slot], full: bool, report: VerifyReport) -> None:
     try:
-        with ctx.blobs.open_reader(rel) as reader:
+        with ctx.storage.reader(mf.pack_path(pack)) as reader:
             entries, _meta, _start = parse_header(reader.read, reader.size)
             for s in slots:
                 e = entries.get(s.hash)
@@ -62,7 +56,7 @@ def _check_pack(ctx: Context, pack: str, slots: list[mf.Slot], full: bool, repor
                 if not full:
                     continue
                 try:
-                    read_slot(reader, s)
+                    read_slot(reader, s, verify="full")
                     report.tensors_checked += 1
                     report.bytes_checked += s.nbytes
                 except CkptError as exc:

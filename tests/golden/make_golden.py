@@ -7,7 +7,7 @@ keep reading it.
 
 When to run this script
 -----------------------
-Only when the on-disk format changes (``ckpt.serialization.manifest.FORMAT``, the ``ckpt-store.json``
+Only when the on-disk format changes (``ckpt.format.manifest.FORMAT``, the ``ckpt-store.json``
 marker, the pack layout, or the index schema in a way old stores must survive), and always into a NEW
 directory named after the format version, e.g.::
 
@@ -188,8 +188,8 @@ def state_b(epoch: int) -> dict:
 
 def build(out_dir: str) -> dict:
     from ckpt import CheckpointStore
-    from ckpt.index.migrate import head_revision
-    from ckpt.serialization import manifest as mf
+    from ckpt.catalog.migrate import head_revision
+    from ckpt.format import manifest as mf
 
     if os.path.exists(out_dir):
         raise SystemExit(f"{out_dir} exists: golden stores are never regenerated; pick a new format-N directory")
@@ -239,7 +239,7 @@ def build(out_dir: str) -> dict:
     store.close()
     _checkpoint_wal(os.path.join(loc, "index.sqlite"))
     expected = {
-        "format": mf.FORMAT, "store_marker": 1, "index_revision": head_revision(),
+        "format": mf.FORMAT, "store_marker": 2, "index_revision": head_revision(),
         "written_by": {"ckpt": __import__("ckpt").__version__, "torch": torch.__version__,
                        "numpy": np.__version__, "python": sys.version.split()[0]},
         "runs": {"golden-a": {"objective": "val_loss", "mode": "min", "status": "completed"},

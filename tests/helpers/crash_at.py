@@ -7,9 +7,9 @@ possible, so they keep meaning the same protocol step however the save is implem
 the process with ``os._exit(137)`` (no cleanup, no atexit: like SIGKILL) at:
 
     after_begin          step A committed (pending row), before any file of the new pack is created
-    pack_tmp_written     pack temp file written and fsynced, before os.replace publishes it
-    pack_renamed         pack renamed into place, before the packs/ directory fsync
-    before_manifest      pack published; BlobStore.write of the manifest dies before writing anything
+    pack_tmp_written     pack temp file written and fsynced, before os.link publishes it
+    pack_renamed         pack linked into place, before the packs/ directory fsync
+    before_manifest      pack published; the manifest's Storage.put dies before writing anything
     manifest_tmp_written manifest temp file written, before os.link publishes it
     manifest_linked      manifest published (linked), before its temp name is unlinked
     before_index_commit  manifest durable; ckpt.commit.ingest (step D) never runs
@@ -37,10 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fault_states as fs  # noqa: E402
 
-import ckpt.blobs.local as local  # noqa: E402
-import ckpt.commit as commit  # noqa: E402
+import ckpt.catalog.writes as commit  # noqa: E402  (step D is ckpt.catalog.writes.ingest)
+import ckpt.storage.local as local  # noqa: E402
 from ckpt import CheckpointStore  # noqa: E402
-from ckpt.blobs.store import BlobStore  # noqa: E402
+from ckpt.storage.base import TMP_MARKER  # noqa: E402
+from ckpt.storage.local import LocalStorage  # noqa: E402
 from ckpt.errors import StorageError  # noqa: E402
 
 CRASH = 137
@@ -84,15 +85,15 @@ def arm(point: str, store_dir: str) -> None:
         patch(os, "open", open_)
 
     elif point == "pack_tmp_written":
-        real_replace = os.replace
+        real_link = os.link
 
-        def replace(src, dst, *a, **k):
+        def link(src, dst, *a, **k):
             if under(dst, "packs"):
-                if not (os.path.exists(src) and local.TMP_MARKER in os.path.basename(src)):
-                    unexpected(f"replace {src} -> {dst}")
+                if not (os.path.exists(src) and TMP_MARKER in os.path.basename(src)):
+                    unexpected(f"link {src} -> {dst}")
                 die()
-            return real_replace(src, dst, *a, **k)
-        patch(os, "replace", replace)
+            return real_link(src, dst, *a, **k)
+        patch(os, "link", link)
 
     elif point == "pack_renamed":
         def fsync_dir(path):
@@ -102,13 +103,13 @@ def arm(point: str, store_dir: str) -> None:
         patch(local, "fsync_dir", fsync_dir)
 
     elif point == "before_manifest":
-        real_write = BlobStore.write
+        real_put = LocalStorage.put
 
-        def write(self, rel, chunks, **k):
+        def put(self, rel, data, **k):
             if rel.startswith("manifests/"):
                 die()
-            return real_write(self, rel, chunks, **k)
-        patch(BlobStore, "write", write)
+            return real_put(self, rel, data, **k)
+        patch(LocalStorage, "put", put)
 
     elif point == "manifest_tmp_written":
         real_link = os.link
@@ -123,7 +124,7 @@ def arm(point: str, store_dir: str) -> None:
         real_unlink = os.unlink
 
         def unlink(path, *a, **k):
-            if under(path, "manifests") and local.TMP_MARKER in os.path.basename(os.fspath(path)):
+            if under(path, "manifests") and TMP_MARKER in os.path.basename(os.fspath(path)):
                 die()
             return real_unlink(path, *a, **k)
         patch(os, "unlink", unlink)

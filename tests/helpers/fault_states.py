@@ -106,7 +106,7 @@ def pack_files(store_dir: str) -> set[str]:
 
 def manifest_files(store_dir: str) -> set[str]:
     d = os.path.join(store_dir, "manifests")
-    return {f[:-len(".json")] for f in os.listdir(d) if f.endswith(".json") and not f.startswith(".")}
+    return {f.rsplit(".", 1)[0] for f in os.listdir(d) if f.endswith((".ckpt", ".json")) and not f.startswith(".")}
 
 
 def referenced_packs(store) -> set[str]:
@@ -121,7 +121,7 @@ def non_committed_rows(store) -> list[tuple[str, str]]:
     """(id, status) of index rows that are not committed (pending saves, half-done deletes)."""
     from sqlalchemy import select
 
-    from ckpt.index.schema import Checkpoint
+    from ckpt.catalog.schema import Checkpoint
     with store.index.read() as s:
         rows = s.scalars(select(Checkpoint).where(Checkpoint.status != "committed"))
         return [(r.id, r.status) for r in rows]

@@ -49,14 +49,9 @@ class Ctx:
 
 def _store_exists(location: str) -> bool:
     """Whether ``location`` holds a store, looking only at its marker file (no index is opened)."""
-    import os
-
-    from ckpt.blobs import BlobStore
-    from ckpt.store import MARKER
-    if "://" not in location:
-        location = os.path.abspath(os.path.expanduser(location))
+    from ckpt.opening import has_store
     try:
-        return BlobStore(location).exists(MARKER)
+        return has_store(location)
     except Exception:  # unreachable or malformed: let the real open report it
         return True
 

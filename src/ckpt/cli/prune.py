@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt.commit import step_key
+from ckpt.catalog.writes import step_key
 
 import click
 

@@ -34,8 +34,7 @@ def command(ctx, selectors, force) -> None:  # type: ignore[no-untyped-def]
     if tagged and not force:
         names = ", ".join(f"{describe(i)} [{', '.join(i.tags)}]" for i in tagged)
         raise CliError(f"refusing to remove tagged checkpoint(s) {names}; untag them or pass --force")
-    from ckpt.retention import freed_packs
-    freed = sum(freed_packs(store.index, list(targets)).values())
+    freed = sum(store.catalog.exclusive_packs(list(targets)).values())
     removed = [store.delete(cid) for cid in targets]
     if ctx.as_json:
         emit_json([i.to_dict() for i in removed])

@@ -14,23 +14,23 @@ or with DCP's own entry points::
 
 How a save maps onto ckpt's commit protocol (docs/format.md):
 
-* A (coordinator, ``prepare_global_plan``): the checkpoint row is inserted ``pending``, claiming
-  (run, epoch, step) before any rank writes a byte; each rank is handed the checkpoint id and a fresh
-  pack id in its plan.
-* A' (every rank, ``write_data``): the rank hashes its shards and, in one index transaction, pins
-  every tensor it will reference with a ``refs`` row: tensors already in a live pack are reused (not
-  written again), tensors another rank of this save already claimed are left to that rank, the rest
-  are claimed by this rank. So each new tensor is written once, by one rank, even when ranks hold
-  equal shards (zero-initialized optimizer states, replicated buffers).
+* L, A (coordinator, ``prepare_global_plan``): the coordinator takes the store's shared lock and
+  inserts the checkpoint row ``pending``, claiming (run, epoch, step) before any rank writes a byte;
+  each rank is handed the checkpoint id in its plan.
+* A' (every rank, ``write_data``): the rank checksums its shards and, in one index transaction, looks
+  up which the store already holds (reused, not written again, once their content hash is confirmed)
+  and claims the big new ones: one claimed by another rank of this save is left to that rank. So each
+  big new tensor is written once, by one rank, even when ranks hold equal shards.
 * B (every rank): the rank writes its claimed tensors as its own pack, create-only, and reports where
   every shard lives. When ``write_data`` returns, the rank's bytes are durable.
 * C, D (coordinator, ``finish``): after DCP has gathered every rank's results, which only happens when
   every rank's write succeeded, the coordinator writes the manifest (the commit point) and indexes it.
 
 A rank that dies before C means no manifest: the checkpoint is never listed. :func:`save` removes the
-pending row and the ranks' packs at once; with plain ``dcp.save`` the writer does it at its next
+pending row and the coordinator's pack at once; with plain ``dcp.save`` the writer does it at its next
 ``reset`` (next save), and otherwise recovery drops the row on the next writable open (see
-docs/deployment.md for the multi-host case) and gc removes the packs.
+docs/deployment.md for the multi-host case) and gc removes the packs. The coordinator holds the store's
+shared lock from planning to its manifest, so no gc can remove a rank's pack meanwhile.
 
 The manifest is an ordinary ckpt manifest. Its skeleton describes DCP's metadata (for every key its
 dtype, global size and chunks, each chunk a tensor slot), so ``store.load`` shows the raw chunks,
@@ -45,14 +45,12 @@ import dataclasses
 import io
 import logging
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from sqlalchemy import delete, insert, select
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
 from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPlanner, SavePlan,
@@ -60,19 +58,15 @@ from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPl
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from ckpt import commit
-from ckpt import refs as tag_refs
-from ckpt import validation
-from ckpt.commit import HOST, now
+from ckpt import commit, validation
 from ckpt.errors import CkptError, InvalidArgumentError
-from ckpt.index.schema import Checkpoint, Pack, Ref, TensorBlob
+from ckpt.format import manifest as mf
+from ckpt.format.skeleton import TensorSlot, flatten
+from ckpt.format.tensors import byte_view, check_supported, contiguous_cpu, dtype_name
 from ckpt.metrics import to_float
+from ckpt.packs import read_slot
 from ckpt.records import CheckpointInfo
-from ckpt.serialization import manifest as mf
-from ckpt.serialization.packs import PackWriter, read_slot
-from ckpt.serialization.skeleton import TensorSlot, flatten, load_structure
-from ckpt.serialization.tensors import (byte_view, check_supported, checksum, contiguous_cpu, dtype_name,
-                                        tensor_hash)
+from ckpt.snapshot import SlotData, Snapshot
 
 __all__ = ["CkptStorageWriter", "CkptStorageReader", "save", "load", "load_full", "DCP_FORMAT"]
 
@@ -89,32 +83,16 @@ class _Ticket:
     """What the coordinator hands each rank in its plan (pickled through DCP's scatter)."""
 
     checkpoint_id: str
-    pack_id: str
 
 
 @dataclass(frozen=True)
 class _Stored:
     """What a rank reports about one write item (gathered to the coordinator by DCP)."""
 
-    hash: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    check: str
-    where: tuple[str, int, int, str] | None  # pack, offset, length, codec; None: another rank wrote it
-    pack_size: int  # size of this rank's pack (0 when it wrote none)
-
-
-def _chunks(items: list, n: int = _CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def _store_compresses(store: Any) -> bool:
-    flag = getattr(store, "_compress", None)
-    if isinstance(flag, bool):
-        return flag
-    return not store.blobs.is_local and store.blobs.protocol != "memory"
+    slot: mf.Slot | None  # where its bytes are; None: another rank of this save writes them (see key)
+    key: tuple[str, str, tuple[int, ...]]  # (checksum, dtype, shape) of the bytes
+    pack: str | None  # the rank's own pack, if it wrote one
+    pack_size: int
 
 
 def _rank() -> int:
@@ -135,23 +113,26 @@ class CkptStorageWriter(StorageWriter):
 
     def __init__(self, store: Any, run: str, epoch: int, *, step: int | None = None,
                  metrics: dict[str, Any] | None = None, tags: Iterable[str] = (), parent: Any = None,
-                 compress: bool | None = None) -> None:
+                 compress: bool | None = None, variant: str | None = None) -> None:
         super().__init__()
-        store._writable()
         self.store = store
+        self._ctx = store.context  # raises ReadOnlyStoreError for a read-only store
         self.run = validation.run_name(run)
         self.epoch = validation.integer("epoch", epoch)
         self.step = validation.integer("step", step, allow_none=True)
+        self.variant = validation.variant_name(variant)
         self.metrics = {name: to_float(name, v) for name, v in (metrics or {}).items()}
         self.tags = tuple(validation.tag_name(t) for t in ([tags] if isinstance(tags, str) else tags))
         self.parent = None if parent is None else (parent.id if isinstance(parent, CheckpointInfo)
                                                    else store.get(parent).id)
-        self.compress = _store_compresses(store) if compress is None else compress
+        self.default_parent = parent is None
+        self.compress = store.compresses if compress is None else compress
         self.is_coordinator = False
         self.rank = 0
         self.checkpoint_id: str | None = None  # set on every rank once the plan arrives
         self.info: CheckpointInfo | None = None
-        self._pending: tuple[str, list[str]] | None = None  # coordinator: (checkpoint id, pack ids)
+        self._parts: commit.Parts | None = None  # the coordinator's claim and store lock
+        self._pack: str | None = None
 
     # -- DCP protocol ---------------------------------------------------------------------------
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -167,19 +148,10 @@ class CkptStorageWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        """Coordinator, before any rank writes: claim (run, epoch, step) with a pending row (step A)."""
-        ckpt_id = uuid.uuid4().hex
-        pack_ids = [uuid.uuid4().hex for _ in plans]
-        commit.hold(ckpt_id)
-        try:
-            self._parent_id = commit.run_claim(self.store.index, self.store.blobs, commit.claim, ckpt_id, self.run,
-                                               self.epoch, self.step, self.parent, self.parent is None, 0,
-                                               self.store.blobs)
-        except BaseException:
-            commit.release(ckpt_id)
-            raise
-        self._pending = (ckpt_id, pack_ids)
-        return [dataclasses.replace(p, storage_data=_Ticket(ckpt_id, pid)) for p, pid in zip(plans, pack_ids)]
+        """Coordinator, before any rank writes: claim (run, epoch, step) and take the store's shared lock."""
+        self._parts = commit.begin_parts(self._ctx, run=self.run, epoch=self.epoch, step=self.step,
+                                         variant=self.variant, parent=self.parent, default_parent=self.default_parent)
+        return [dataclasses.replace(p, storage_data=_Ticket(self._parts.id)) for p in plans]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         ticket = plan.storage_data
@@ -193,25 +165,19 @@ class CkptStorageWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Coordinator, after every rank's writes returned: manifest (step C), then index (step D)."""
-        if self._pending is None:
+        if self._parts is None:
             raise CkptError("finish() without a claimed checkpoint (prepare_global_plan did not run here)")
-        ckpt_id, _ = self._pending
-        m, pack_sizes = self._manifest(ckpt_id, metadata, [r for rank in results for r in rank], len(results))
+        parts, packs = self._parts, [r.storage_data.pack for rank in results for r in rank if r.storage_data.pack]
         try:
-            commit.publish(self.store._ctx, m, pack_sizes, self.tags,
-                           lambda t, cid: tag_refs.write(self.store.blobs, "tags", t, {"checkpoint": cid}))
+            m = self._manifest(parts, metadata, [r for rank in results for r in rank], len(results))
         except BaseException:
-            if self.store.blobs.exists(mf.path_for(ckpt_id)):
-                self._pending = None  # durable: recovery rolls it forward
-                commit.release(ckpt_id)
-            raise  # else abort() drops the claim and the ranks' packs
-        self._pending = None
-        commit.release(ckpt_id)
-        self.info = self.store.get(ckpt_id)
-        finish_at_exit = getattr(self.store, "_finish_at_exit", None)
-        if finish_at_exit is not None:  # the run is marked completed/failed when this process exits
-            from ckpt import run_exit
-            run_exit.track((id(self.store.index), self.run), lambda status, r=self.run: finish_at_exit(r, status))
+            self._parts = None
+            parts.abort(packs)
+            raise
+        self._parts = None
+        parts.finish(m, self.tags)
+        self.info = self.store.get(m.id)
+        self.store.track_run(self.run)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
@@ -219,109 +185,67 @@ class CkptStorageWriter(StorageWriter):
 
     # -- failure --------------------------------------------------------------------------------
     def abort(self) -> None:
-        """Undo a claimed save that did not reach its manifest: drop the pending row, delete rank packs.
+        """Undo a claimed save that did not reach its manifest: drop the pending row and this rank's pack.
 
-        Safe to call on any rank (only the coordinator holds a claim) and after success (no-op).
-        """
-        if self._pending is None:
-            return
-        ckpt_id, pack_ids = self._pending
-        self._pending = None
-        commit.release(ckpt_id)
-        try:
-            if self.store.blobs.exists(mf.path_for(ckpt_id)):
-                return  # durable after all: the next open rolls it forward
-            self.store.index.write_txn(lambda s: s.execute(
-                delete(Checkpoint).where(Checkpoint.id == ckpt_id, Checkpoint.status == "pending")))
-            for pid in pack_ids:
-                self.store.blobs.delete(mf.pack_path(pid))
-            log.info("abandoned distributed save %s of %s@%s", ckpt_id[:12], self.run, self.epoch)
-        except Exception as exc:  # pragma: no cover - recovery and gc clean up later
-            log.warning("could not clean up failed distributed save %s: %s", ckpt_id[:12], exc)
+        Safe to call on any rank and after success (no-op). Packs of other ranks that died become
+        orphans that gc removes."""
+        parts, self._parts = self._parts, None
+        pack, self._pack = self._pack, None
+        if parts is not None:
+            parts.abort([pack] if pack else [])
+            log.info("abandoned distributed save %s of %s@%s", parts.id[:12], self.run, self.epoch)
+        elif pack is not None and self.checkpoint_id is not None:
+            if not any(self.store.storage.exists(mf.path_for(self.checkpoint_id, f)) for f in (2, 1)):
+                self.store.storage.delete(mf.pack_path(pack))
 
     # -- steps ----------------------------------------------------------------------------------
     def _write(self, plan: SavePlan, planner: SavePlanner, ticket: _Ticket) -> list[WriteResult]:
-        prepared = []  # (item, hash, dtype, shape, data, check, keepalive)
+        slots = []
         for item in plan.items:
             data = planner.resolve_data(item)
             if item.type == WriteItemType.BYTE_IO:
                 raw = data.getvalue() if isinstance(data, io.BytesIO) else bytes(data.read())
                 t = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+                stable = True
             else:
                 check_supported(data, item.index.fqn)
                 t = contiguous_cpu(data)
-            view = byte_view(t)
-            dtype, shape = dtype_name(t.dtype), tuple(t.shape)
-            prepared.append((item, tensor_hash(dtype, shape, view), dtype, shape, view, checksum(view), t))
-        hashes = sorted({p[1] for p in prepared})
-        known, mine = self.store.index.write_txn(self._pin, ticket, hashes)
-        to_write, seen = [], set()
-        for _, h, dtype, shape, view, _, _ in prepared:
-            if h in mine and h not in seen:
-                seen.add(h)
-                to_write.append((h, dtype, shape, view))
-        where: dict[str, tuple[str, int, int, str]] = dict(known)
-        writer = PackWriter(self.store.blobs, ticket.pack_id, [(shape, len(view)) for _, _, shape, view in to_write],
-                            self.compress)
-        try:
-            for h, dtype, shape, view in to_write:
-                loc = writer.add(h, dtype, shape, view)
-                where[h] = (ticket.pack_id, loc.offset, loc.length, loc.codec)
-            pack_size = writer.finish()  # step B: durable and visible when this returns
-        except BaseException:
-            writer.abort()
-            raise
-        return [WriteResult(index=item.index, size_in_bytes=len(view),
-                            storage_data=_Stored(h, dtype, shape, len(view), check, where.get(h), pack_size))
-                for item, h, dtype, shape, view, check, _ in prepared]
+                stable = t.data_ptr() != data.data_ptr() or data.device.type != "cpu"
+            offset = tuple(item.index.offset) if item.index.offset is not None else None
+            slots.append(SlotData(t, dtype_name(t.dtype), tuple(t.shape), "torch", (item.index.fqn, offset), stable))
+        written = commit.write_part(self._ctx, ticket.checkpoint_id, Snapshot(b"", slots, []), compress=self.compress)
+        self._pack = written.pack_id
+        checks = [s.check if s is not None else written.deferred[i][0] for i, s in enumerate(written.slots)]
+        return [WriteResult(index=item.index, size_in_bytes=sd.nbytes,
+                            storage_data=_Stored(slot, (check, sd.dtype, sd.shape), written.pack_id,
+                                                 written.pack_size))
+                for item, sd, slot, check in zip(plan.items, slots, written.slots, checks)]
 
-    @staticmethod
-    def _pin(session, ticket: _Ticket, hashes: list[str]):  # type: ignore[no-untyped-def]
-        """Step A' on one rank: reuse live tensors, leave others' claims, claim the rest (refs rows)."""
-        row = session.get(Checkpoint, ticket.checkpoint_id)
-        if row is None or row.status != "pending":
-            raise CkptError(f"distributed save {ticket.checkpoint_id[:12]} was abandoned by its coordinator")
-        known: dict[str, tuple[str, int, int, str]] = {}
-        claimed: set[str] = set()
-        for chunk in _chunks(hashes):
-            for r in session.execute(select(TensorBlob.hash, TensorBlob.pack_id, TensorBlob.offset,
-                                            TensorBlob.length, TensorBlob.codec)
-                                     .join(Pack, Pack.id == TensorBlob.pack_id)
-                                     .where(TensorBlob.hash.in_(chunk), Pack.status == "live")):
-                known.setdefault(r.hash, (r.pack_id, r.offset, r.length, r.codec))
-            claimed.update(session.scalars(select(Ref.hash).where(Ref.checkpoint_id == ticket.checkpoint_id,
-                                                                  Ref.hash.in_(chunk))))
-        mine = {h for h in hashes if h not in known and h not in claimed}
-        rows = [{"checkpoint_id": ticket.checkpoint_id, "hash": h,
-                 "pack_id": known[h][0] if h in known else ticket.pack_id}
-                for h in hashes if h not in claimed]
-        for chunk in _chunks(rows, 2000):
-            session.execute(insert(Ref), chunk)
-        return known, mine
-
-    def _manifest(self, ckpt_id: str, metadata: Metadata, results: list[WriteResult],
-                  world_size: int) -> tuple[mf.Manifest, dict[str, int]]:
+    def _manifest(self, parts: commit.Parts, metadata: Metadata, results: list[WriteResult],
+                  world_size: int) -> mf.Manifest:
         by_index: dict[tuple, _Stored] = {}
-        where: dict[str, tuple[str, int, int, str]] = {}
+        by_key: dict[tuple, mf.Slot] = {}
         pack_sizes: dict[str, int] = {}
         for r in results:
-            sd: _Stored = r.storage_data
-            by_index[(r.index.fqn, tuple(r.index.offset) if r.index.offset is not None else None)] = sd
-            if sd.where is not None:
-                where.setdefault(sd.hash, sd.where)  # one home per hash: refs and gc rely on it
-                if sd.pack_size:
-                    pack_sizes[sd.where[0]] = sd.pack_size
+            st: _Stored = r.storage_data
+            by_index[(r.index.fqn, tuple(r.index.offset) if r.index.offset is not None else None)] = st
+            if st.slot is not None:
+                by_key.setdefault(st.key, st.slot)
+            if st.pack and st.pack_size:
+                pack_sizes[st.pack] = st.pack_size
         placeholders: list[torch.Tensor] = []
-        stored: list[_Stored] = []
+        stored: list[mf.Slot] = []
 
         def slot_for(fqn: str, offset: tuple | None) -> torch.Tensor:
-            sd = by_index.get((fqn, offset))
-            if sd is None:
+            st = by_index.get((fqn, offset))
+            if st is None:
                 raise CkptError(f"no rank reported writing {fqn!r} at {offset}; the save is incomplete")
-            if sd.hash not in where:
-                raise CkptError(f"tensor {sd.hash[:12]} of {fqn!r} was claimed but no rank wrote it")
+            slot = st.slot or by_key.get(st.key)
+            if slot is None:
+                raise CkptError(f"{fqn!r} at {offset} was left to another rank, which stored other bytes (did the "
+                                f"tensor change during the save?); nothing was committed")
             placeholders.append(torch.empty(1, dtype=torch.uint8))  # distinct storage: distinct slot
-            stored.append(sd)
+            stored.append(slot)
             return placeholders[-1]
 
         entries: dict[str, Any] = {}
@@ -335,36 +259,29 @@ class CkptStorageWriter(StorageWriter):
             else:  # pragma: no cover - DCP has no other kinds today
                 raise InvalidArgumentError(f"unknown DCP storage metadata for {fqn!r}: {type(md).__name__}")
         doc: dict[str, Any] = {"format": DCP_FORMAT, "version": metadata.version, "state_dict_metadata": entries}
-        planner_data = metadata.planner_data
         try:
-            flat = flatten({**doc, "planner_data": planner_data})
+            flat = flatten({**doc, "planner_data": metadata.planner_data})
         except CkptError:
-            log.warning("DCP planner_data of %s cannot be stored safely; saved without it", ckpt_id[:12])
+            log.warning("DCP planner_data of %s cannot be stored safely; saved without it", parts.id[:12])
             flat = flatten({**doc, "planner_data": None})
         order = {id(t): i for i, t in enumerate(placeholders)}
-        slots = []
-        for t in flat.tensors:
-            sd = stored[order[id(t)]]
-            pack, offset, length, codec_name = where[sd.hash]
-            slots.append(mf.Slot(hash=sd.hash, dtype=sd.dtype, shape=tuple(sd.shape), nbytes=sd.nbytes, pack=pack,
-                                 offset=offset, length=length, codec=codec_name, check=sd.check, kind="torch"))
-        slots_t = tuple(slots)
-        logical = sum(s.nbytes for s in slots_t)
-        m = mf.Manifest(
-            id=ckpt_id, run=self.run, epoch=self.epoch, step=self.step, created_at=now().isoformat(),
-            parent=getattr(self, "_parent_id", None), metrics=self.metrics, skeleton=flat.skeleton, slots=slots_t,
-            leaves=tuple(flat.leaves), content_hash=mf.content_hash(flat.skeleton, slots_t), logical_size=logical,
-            new_bytes=sum(pack_sizes.values()), host=HOST, pid=os.getpid(),
-            extra={"writer": DCP_FORMAT, "world_size": world_size})
-        return m, pack_sizes
+        slots = [stored[order[id(t)]] for t in flat.tensors]
+        table = mf.SlotTable.build(slots)
+        known = self.store.catalog.pack_sizes([p for p in table.packs if p not in pack_sizes])
+        return mf.Manifest(
+            id=parts.id, run=self.run, epoch=self.epoch, step=self.step, created_at=commit.now().isoformat(),
+            parent=parts.parent, metrics=self.metrics, skeleton=flat.skeleton, table=table,
+            content_hash=table.content_hash(flat.skeleton), logical_size=sum(s.nbytes for s in slots),
+            new_bytes=sum(pack_sizes.values()), host=commit.HOST, pid=os.getpid(), variant=self.variant,
+            extra={"writer": DCP_FORMAT, "world_size": world_size}, pack_sizes={**known, **pack_sizes})
 
 
 # ------------------------------------------------------------------------------------- reader
 
 
 def _read_dcp_structure(store: Any, checkpoint_id: str) -> tuple[mf.Manifest, dict]:
-    m = mf.loads(store.blobs.read(mf.path_for(checkpoint_id), mf.MAX_MANIFEST_BYTES), expected_id=checkpoint_id)
-    structure = load_structure(m.skeleton, len(m.slots))
+    m = store.manifest(checkpoint_id)
+    structure = m.structure()
     if not (isinstance(structure, dict) and structure.get("format") == DCP_FORMAT):
         raise InvalidArgumentError(f"checkpoint {checkpoint_id[:12]} was not saved through torch.distributed."
                                    f"checkpoint; load it with store.load(...) instead")
@@ -463,7 +380,7 @@ class CkptStorageReader(StorageReader):
             by_pack.setdefault(m.slots[i].pack, []).append(i)
         for pack, ids in by_pack.items():
             ids.sort(key=lambda i: m.slots[i].offset)
-            with self.store.blobs.open_reader(mf.pack_path(pack)) as reader:
+            with self.store.storage.reader(mf.pack_path(pack)) as reader:
                 for i in ids:
                     tensor = read_slot(reader, m.slots[i], verify=self.verify)
                     for req in by_slot[i]:
@@ -546,7 +463,7 @@ def load_full(store: Any, selector: Any = "latest", *, run: str | None = None,
         by_pack.setdefault(m.slots[i].pack, []).append(i)
     for pack, ids in by_pack.items():
         ids.sort(key=lambda i: m.slots[i].offset)
-        with store.blobs.open_reader(mf.pack_path(pack)) as reader:
+        with store.storage.reader(mf.pack_path(pack)) as reader:
             for i in ids:
                 t = read_slot(reader, m.slots[i], verify=verify)
                 for fqn, offsets, sizes in wanted[i]:

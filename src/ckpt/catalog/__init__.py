@@ -1,0 +1,214 @@
+"""The catalog: the index database as a cache of storage, and the only package that holds SQL.
+
+Importable without torch, so the CLI's read commands, a web view or a script can query a store in
+milliseconds::
+
+    from ckpt.catalog import Catalog
+    cat = Catalog("sqlite:///checkpoints/index.sqlite", readonly=True)
+    cat.list(run="resnet-a", sort="val_acc", limit=5)
+
+Nothing here ever decides that data on storage may be deleted: deletion decides from the manifests on
+storage under the store's exclusive lock (ckpt.commit); the catalog only says what it believes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ckpt.catalog import queries, writes
+from ckpt.catalog.engine import Index, display_url, readonly_sqlite_url
+from ckpt.catalog.migrate import ensure_schema
+from ckpt.catalog.schema import (Checkpoint, CheckpointPack, Claim, Meta, Metric, Pack, Run, Tag,
+                                 TensorBlob)
+from ckpt.catalog.selectors import MAX_CANDIDATES, Resolver, parse, resolve
+from ckpt.errors import InvalidArgumentError
+from ckpt.records import CheckpointInfo, RunInfo
+
+__all__ = ["Catalog", "display_url", "parse"]
+
+T = TypeVar("T")
+TABLES = (Run, Checkpoint, Metric, Tag, Pack, TensorBlob, CheckpointPack, Claim, Meta)
+
+
+class Catalog:
+    """Queries and writes over one index database (SQLite file, in-memory SQLite, PostgreSQL...)."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.readonly = readonly
+        if readonly and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            self.index = _open_readonly_sqlite(url)
+        else:
+            self.index = Index(url)
+        ensure_schema(self.index, readonly=readonly)
+
+    @property
+    def url(self) -> str:
+        return self.index.url
+
+    @property
+    def dialect(self) -> str:
+        return self.index.dialect
+
+    def close(self) -> None:
+        self.index.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.index.read() as s:
+            yield s
+
+    def write(self, fn: Callable[..., T], *args: Any, durable: bool = True, **kwargs: Any) -> T:
+        return self.index.write_txn(fn, *args, durable=durable, **kwargs)
+
+    # -- identity and freshness ---------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        with self.read() as s:
+            return writes.get_meta(s, key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.write(writes.set_meta, key, value, durable=False)
+
+    def generation(self) -> int:
+        """The store's deletion generation this index was last made current with (-1: never)."""
+        value = self.meta("generation")
+        try:
+            return int(value) if value is not None else -1
+        except ValueError:
+            return -1
+
+    def empty(self) -> bool:
+        with self.read() as s:
+            return not s.scalar(select(func.count()).select_from(Checkpoint))
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def resolve(self, selector: Any, *, run: str | None = None, mode: str | None = None,
+                limit: int = MAX_CANDIDATES) -> list[CheckpointInfo]:
+        """Every checkpoint a selector may mean, preferred first (several only for latest/best forms)."""
+        if isinstance(selector, CheckpointInfo):
+            selector = selector.id
+        with self.read() as s:
+            return [queries.info(r) for r in resolve(s, selector, run=run, mode=mode, limit=limit)]
+
+    def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
+        return self.resolve(selector, run=run, limit=1)[0]
+
+    def best(self, metric: str | None = None, mode: str | None = None, run: str | None = None) -> CheckpointInfo:
+        with self.read() as s:
+            return queries.info(Resolver(s).best(metric, mode=mode, run=run, limit=1)[0])
+
+    def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
+             tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        with self.read() as s:
+            return queries.list_checkpoints(s, run, sort, mode=mode, tag=tag, limit=limit)
+
+    def status_of(self, checkpoint_id: str) -> str | None:
+        with self.read() as s:
+            return queries.status_of(s, checkpoint_id)
+
+    def committed(self) -> dict[str, int]:
+        """Every committed checkpoint id with its manifest format."""
+        with self.read() as s:
+            return dict(s.execute(select(Checkpoint.id, Checkpoint.format).where(Checkpoint.status == "committed")).all())
+
+    def committed_format(self, checkpoint_id: str) -> int | None:
+        """The manifest format of a committed checkpoint (None: not committed here)."""
+        with self.read() as s:
+            return s.scalar(select(Checkpoint.format).where(Checkpoint.id == checkpoint_id,
+                                                            Checkpoint.status == "committed"))
+
+    def latest_id(self, run: str) -> str | None:
+        with self.read() as s:
+            run_id = s.scalar(select(Run.id).where(Run.name == run))
+            return writes.latest_id(s, run_id) if run_id is not None else None
+
+    def pending(self) -> list[Any]:
+        """Rows of saves not committed (in flight, or left by dead writers)."""
+        with self.read() as s:
+            return list(s.execute(select(Checkpoint.id, Checkpoint.host, Checkpoint.pid, Checkpoint.created_at,
+                                         Checkpoint.status).where(Checkpoint.status != "committed")))
+
+    def lookup(self, checks: list[str]) -> dict[str, list[writes.Stored]]:
+        """Where the store holds tensors with these checksums (what dedup confirms by content hash)."""
+        with self.read() as s:
+            return writes.lookup(s, checks)
+
+    def pack_sizes(self, ids: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self.read() as s:
+            for chunk in writes.chunks(sorted(set(ids))):
+                out.update(s.execute(select(Pack.id, Pack.size).where(Pack.id.in_(chunk))).all())
+        return out
+
+    def packs(self) -> dict[str, int]:
+        with self.read() as s:
+            return dict(s.execute(select(Pack.id, Pack.size)).all())
+
+    def packs_of(self, ids: list[str]) -> dict[str, set[str]]:
+        with self.read() as s:
+            return queries.packs_of(s, ids)
+
+    def exclusive_packs(self, ids: list[str]) -> dict[str, int]:
+        with self.read() as s:
+            return queries.exclusive_packs(s, ids)
+
+    def branch_points(self, ids: list[str]) -> dict[str, str]:
+        with self.read() as s:
+            return queries.branch_points(s, ids)
+
+    # -- runs -----------------------------------------------------------------------------------------
+    def runs(self) -> list[RunInfo]:
+        with self.read() as s:
+            return queries.runs(s)
+
+    def objectives(self) -> dict[str, tuple[str | None, str | None]]:
+        with self.read() as s:
+            return queries.objectives(s)
+
+    def set_objective(self, run: str, metric: str, mode: str) -> str:
+        return self.write(writes.set_objective, run, metric, mode)
+
+    def set_status(self, run: str, status: str) -> tuple[str | None, str | None]:
+        return self.write(writes.set_status, run, status)
+
+    # -- tags -------------------------------------------------------------------------------------------
+    def tag(self, name: str, checkpoint_id: str) -> None:
+        self.write(writes.tag, name, checkpoint_id)
+
+    def untag(self, name: str) -> None:
+        self.write(writes.untag, name)
+
+    # -- statistics --------------------------------------------------------------------------------------
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table (the benchmark checks that a save adds O(1) of them)."""
+        with self.read() as s:
+            return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0 for t in TABLES}
+
+
+def _open_readonly_sqlite(url: str) -> Index:
+    """A SQLite index opened read-only; on a directory nobody may write (a mounted snapshot), immutable."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    from ckpt.errors import IndexCorruptError, StorageError
+    for immutable in (False, True):
+        index = Index(readonly_sqlite_url(url, immutable), readonly=True)
+        try:
+            with index.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+            return index
+        except OperationalError as exc:
+            index.dispose()
+            if immutable:
+                raise StorageError(f"cannot open the index {display_url(url)} read-only: {exc.orig}") from exc
+        except DatabaseError as exc:
+            index.dispose()
+            raise IndexCorruptError(f"the index database {display_url(url)} is damaged ({exc.orig}). It is only a "
+                                    f"cache of what the store holds: run `ckpt reindex` to rebuild it from the "
+                                    f"manifests (the damaged file is kept beside it)") from exc
+    raise AssertionError("unreachable")  # pragma: no cover

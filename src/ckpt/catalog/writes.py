@@ -1,0 +1,352 @@
+"""Writes to the index, each a function of a session inside one write transaction.
+
+A save touches the index twice: :func:`begin_save` (claim ``(run, epoch, step, variant)``, look up which
+new tensors the store already holds, claim the ones it will write) and :func:`ingest` (the committed
+checkpoint with its metrics, tags, pack pins and the locations of the tensors it wrote). Rows added per
+save: one checkpoint, its metrics and tags, one pin per pack it reads, one tensor row per tensor it
+wrote. Never one row per checkpoint x tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from ckpt.catalog.queries import HOST, now, process_gone
+from ckpt.catalog.schema import Checkpoint, CheckpointPack, Claim, Meta, Metric, Pack, Run, Tag, TensorBlob
+from ckpt.errors import CkptError, DuplicateCheckpointError
+from ckpt.format.manifest import Manifest
+
+#: The step key of a checkpoint saved without a step: after every stepped checkpoint of its epoch, so
+#: RUN@EPOCH means the epoch-end checkpoint when there is one. (NULLs never collide in UNIQUE, hence a key.)
+NO_STEP = 2**62
+_CHUNK = 500
+
+#: Saves this process is running right now; a pending row of ours that is not here was abandoned.
+IN_FLIGHT: set[str] = set()
+
+
+def step_key(step: int | None) -> int:
+    return NO_STEP if step is None else step
+
+
+def chunks(items: list, n: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def writer_gone(host: str | None, pid: int | None, since, checkpoint_id: str | None = None) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the save behind a pending row or claim is dead (this process: not in flight any more)."""
+    if host == HOST and pid == os.getpid() and checkpoint_id is not None:
+        return checkpoint_id not in IN_FLIGHT
+    return process_gone(host, pid, since)
+
+
+class DeadClaim(Exception):
+    """Internal: a dead writer's claim blocks (run, epoch, step); settle it first, then claim again."""
+
+    def __init__(self, checkpoint_id: str) -> None:
+        super().__init__(checkpoint_id)
+        self.checkpoint_id = checkpoint_id
+
+
+def touch_run(s: Session, name: str, *, status: str | None = "running") -> Run:
+    run = s.scalar(select(Run).where(Run.name == name))
+    ts = now()
+    if run is None:
+        run = Run(name=name, status=status or "running", created_at=ts, updated_at=ts, heartbeat_at=ts,
+                  host=HOST, pid=os.getpid())
+        s.add(run)
+        s.flush()
+    elif status is not None:
+        run.status, run.updated_at, run.heartbeat_at, run.host, run.pid = status, ts, ts, HOST, os.getpid()
+    return run
+
+
+def latest_id(s: Session, run_id: int) -> str | None:
+    return s.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.status == "committed")
+                    .order_by(Checkpoint.seq.desc()).limit(1))
+
+
+def claim_checkpoint(s: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None, variant: str,
+                     parent: str | None, default_parent: bool, logical_size: int) -> str | None:
+    """Claim (run, epoch, step, variant) with a pending row; returns the parent id (with
+    ``default_parent``, the run's latest committed checkpoint). A dead writer's claim in the way raises
+    DeadClaim (the caller settles it from storage, then retries)."""
+    run = touch_run(s, run_name)
+    key = step_key(step)
+    clash = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
+                                              Checkpoint.step_key == key, Checkpoint.variant == variant))
+    if clash is not None and clash.status == "pending" and \
+            writer_gone(clash.host, clash.pid, clash.created_at, clash.id):
+        raise DeadClaim(clash.id)
+    if clash is not None:
+        what = f"epoch {epoch}" + (f", step {step}" if step is not None else "") + \
+            (f", variant {variant!r}" if variant else "")
+        state = {"committed": "already has", "pending": "is being saved by another process with"}.get(
+            clash.status, "has")
+        raise DuplicateCheckpointError(
+            f"run {run_name!r} {state} a checkpoint for {what} ({clash.id[:12]}); save under another "
+            f"epoch/step, or delete it first: ckpt rm {run_name}@{epoch}")
+    if default_parent:
+        parent = latest_id(s, run.id)
+    s.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=key, variant=variant,
+                     format=2, status="pending", created_at=now(), parent_id=parent, logical_size=logical_size,
+                     new_bytes=0, host=HOST, pid=os.getpid()))
+    s.flush()
+    return parent
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where the index says a tensor's bytes are."""
+
+    hash: str
+    pack: str
+    offset: int
+    length: int
+    nbytes: int
+    codec: str
+    dtype: str
+    shape: tuple[int, ...]
+    check: str
+
+
+@dataclass
+class Begun:
+    parent: str | None
+    known: dict[str, list[Stored]] = field(default_factory=dict)  # check -> where the store has such bytes
+    mine: set[str] = field(default_factory=set)  # checks this save claimed: it writes them
+    others: dict[str, str] = field(default_factory=dict)  # check -> the save in flight that writes it
+    siblings: set[str] = field(default_factory=set)  # checks another process of this same save writes
+
+
+def lookup(s: Session, checks: list[str]) -> dict[str, list[Stored]]:
+    out: dict[str, list[Stored]] = {}
+    for chunk in chunks(sorted(set(checks))):
+        for r in s.execute(select(TensorBlob.hash, TensorBlob.pack_id, TensorBlob.offset, TensorBlob.length,
+                                  TensorBlob.nbytes, TensorBlob.codec, TensorBlob.dtype, TensorBlob.shape,
+                                  TensorBlob.check).where(TensorBlob.check.in_(chunk))):
+            shape = tuple(int(d) for d in r.shape.split(",") if d != "")
+            out.setdefault(r.check, []).append(Stored(r.hash, r.pack_id, r.offset, r.length, r.nbytes, r.codec,
+                                                      r.dtype, shape, r.check))
+    return out
+
+
+def claim_tensors(s: Session, ckpt_id: str, checks: list[str]) -> tuple[set[str], dict[str, str], set[str]]:
+    """Claim the new tensors a save is about to write; returns (claimed here, claimed by other saves,
+    claimed by another process of this same save: a rank of a torch.distributed save).
+
+    A claim whose save is gone (its pending row dropped, or its process dead) is taken over."""
+    mine: set[str] = set()
+    others: dict[str, str] = {}
+    siblings: set[str] = set()
+    wanted = sorted(set(checks))
+    existing: dict[str, Claim] = {}
+    for chunk in chunks(wanted):
+        for c in s.scalars(select(Claim).where(Claim.check.in_(chunk))):
+            existing[c.check] = c
+    owners = {c.checkpoint_id for c in existing.values()}
+    alive: set[str] = set()
+    for chunk in chunks(sorted(owners)):
+        for row in s.execute(select(Checkpoint.id, Checkpoint.host, Checkpoint.pid, Checkpoint.created_at)
+                             .where(Checkpoint.id.in_(chunk), Checkpoint.status == "pending")):
+            if not writer_gone(row.host, row.pid, row.created_at, row.id):
+                alive.add(row.id)
+    stale = [c for c, claim in existing.items() if claim.checkpoint_id not in alive and claim.checkpoint_id != ckpt_id]
+    for chunk in chunks(stale):
+        s.execute(delete(Claim).where(Claim.check.in_(chunk)))
+    ts, pid = now(), os.getpid()
+    rows = []
+    for c in wanted:
+        claim = existing.get(c)
+        if claim is not None and claim.checkpoint_id in alive and claim.checkpoint_id != ckpt_id:
+            others[c] = claim.checkpoint_id
+        elif claim is not None and claim.checkpoint_id == ckpt_id and (claim.host, claim.pid) != (HOST, pid):
+            siblings.add(c)
+        else:
+            mine.add(c)
+            if claim is None or claim.checkpoint_id != ckpt_id:
+                rows.append({"check": c, "checkpoint_id": ckpt_id, "created_at": ts, "host": HOST, "pid": pid})
+    for chunk in chunks(rows, 2000):
+        s.execute(insert(Claim), chunk)
+    return mine, others, siblings
+
+
+def begin_save(s: Session, ckpt_id: str, run: str, epoch: int, step: int | None, variant: str, parent: str | None,
+               default_parent: bool, logical_size: int, lookups: list[str], claims: list[str]) -> Begun:
+    """Step A of a save in one transaction: the claim, what the store already holds, what to write."""
+    begun = Begun(claim_checkpoint(s, ckpt_id, run, epoch, step, variant, parent, default_parent, logical_size))
+    begun.known = lookup(s, lookups)
+    todo = [c for c in claims if c not in begun.known]
+    if todo:
+        begun.mine, begun.others, begun.siblings = claim_tensors(s, ckpt_id, todo)
+    return begun
+
+
+def begin_part(s: Session, ckpt_id: str, lookups: list[str], claims: list[str]) -> Begun:
+    """Step A for one process of a multi-process save whose (run, epoch, step) another process claimed:
+    what the store already holds, and which new tensors this process writes."""
+    row = s.get(Checkpoint, ckpt_id)
+    if row is None or row.status != "pending":
+        raise CkptError(f"save {ckpt_id[:12]} was abandoned by the process that began it; nothing was written")
+    begun = Begun(row.parent_id, lookup(s, lookups))
+    todo = [c for c in claims if c not in begun.known]
+    if todo:
+        begun.mine, begun.others, begun.siblings = claim_tensors(s, ckpt_id, todo)
+    return begun
+
+
+def pending_claims(s: Session, checks: list[str]) -> dict[str, str]:
+    """Which of ``checks`` are still claimed, and by which save."""
+    out: dict[str, str] = {}
+    for chunk in chunks(sorted(set(checks))):
+        out.update(s.execute(select(Claim.check, Claim.checkpoint_id).where(Claim.check.in_(chunk))).all())
+    return out
+
+
+def release(s: Session, ckpt_id: str) -> None:
+    """Forget a save that will not commit: its claims and its pending row."""
+    s.execute(delete(Claim).where(Claim.checkpoint_id == ckpt_id))
+    s.execute(delete(Checkpoint).where(Checkpoint.id == ckpt_id, Checkpoint.status == "pending"))
+
+
+def ingest(s: Session, m: Manifest, pack_sizes: dict[str, int] | None = None, tags: Iterable[str] = (), *,
+           status: str | None = None) -> Checkpoint:
+    """Make the index agree with a manifest (step D of a save, recovery and sync all come through here).
+
+    Idempotent. Tensor rows are added only for packs the index did not know, so a save that reused
+    every tensor adds none."""
+    run = touch_run(s, m.run, status=status)
+    sizes = dict(m.pack_sizes)
+    sizes.update(pack_sizes or {})
+    row = s.get(Checkpoint, m.id)
+    if row is None:
+        row = Checkpoint(id=m.id, run_id=run.id, epoch=m.epoch, step=m.step, step_key=step_key(m.step),
+                         variant=m.variant, format=m.format, status="pending",
+                         created_at=_parse_time(m.created_at), parent_id=m.parent, logical_size=m.logical_size,
+                         new_bytes=m.new_bytes, host=m.host or None, pid=m.pid)
+        s.add(row)
+        s.flush()
+    packs = list(m.table.packs)
+    known_packs: set[str] = set()
+    for chunk in chunks(packs):
+        known_packs |= set(s.scalars(select(Pack.id).where(Pack.id.in_(chunk))))
+    fresh = [p for p in packs if p not in known_packs]
+    if fresh:
+        ts = now()
+        s.execute(insert(Pack), [{"id": p, "size": int(sizes.get(p, 0)), "status": "live", "created_at": ts}
+                                 for p in fresh])
+        _insert_tensors(s, m, fresh)
+    pinned = set(s.scalars(select(CheckpointPack.pack_id).where(CheckpointPack.checkpoint_id == m.id)))
+    missing = [{"checkpoint_id": m.id, "pack_id": p} for p in packs if p not in pinned]
+    if missing:
+        s.execute(insert(CheckpointPack), missing)
+    s.execute(delete(Metric).where(Metric.checkpoint_id == m.id))
+    if m.metrics:
+        s.execute(insert(Metric), [{"checkpoint_id": m.id, "name": name, "position": pos,
+                                    "value": value if value == value and abs(value) != float("inf") else None,
+                                    "raw": repr(value)} for pos, (name, value) in enumerate(m.metrics.items())])
+    for tag in tags:
+        s.execute(delete(Tag).where(Tag.name == tag))
+        s.add(Tag(name=tag, checkpoint_id=m.id, created_at=now()))
+    s.execute(delete(Claim).where(Claim.checkpoint_id == m.id))
+    if row.status != "committed":
+        row.status = "committed"
+        row.seq = (s.scalar(select(func.max(Checkpoint.seq)).where(Checkpoint.status == "committed")) or 0) + 1
+    row.content_hash, row.new_bytes, row.logical_size = m.content_hash, m.new_bytes, m.logical_size
+    row.format, row.variant = m.format, m.variant
+    s.flush()
+    return row
+
+
+def _insert_tensors(s: Session, m: Manifest, packs: list[str]) -> None:
+    t = m.table
+    wanted = np.isin(t.rows["pack"], [t.packs.index(p) for p in packs])
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    hashes, checks, shapes = t.hashes, t.checks, t.shapes
+    r = t.rows
+    for i in np.flatnonzero(wanted).tolist():
+        pack = t.packs[int(r["pack"][i])]
+        key = (hashes[i], pack)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"hash": hashes[i], "pack_id": pack, "offset": int(r["offset"][i]), "length": int(r["length"][i]),
+                     "nbytes": int(r["nbytes"][i]), "codec": ("raw", "zstd")[int(r["codec"][i])],
+                     "dtype": t.dtypes[int(r["dtype"][i])], "shape": ",".join(map(str, shapes[i])),
+                     "check": checks[i]})
+    for chunk in chunks(rows, 2000):
+        s.execute(insert(TensorBlob), chunk)
+
+
+def _parse_time(text: str):  # type: ignore[no-untyped-def]
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(text)
+    except (TypeError, ValueError):  # manifests are validated; this only guards hand-made ones
+        return now()
+
+
+def mark_deleting(s: Session, ids: list[str]) -> None:
+    """Checkpoints a deletion is about to remove: no longer listed or resolved from here on."""
+    for chunk in chunks(ids):
+        s.execute(update(Checkpoint).where(Checkpoint.id.in_(chunk))
+                  .values(status="deleting", host=HOST, pid=os.getpid()))
+
+
+def forget_checkpoints(s: Session, ids: list[str]) -> None:
+    """Drop index rows of checkpoints whose manifests are gone (metrics, tags and pins go with them)."""
+    for chunk in chunks(ids):
+        s.execute(delete(Claim).where(Claim.checkpoint_id.in_(chunk)))
+        s.execute(delete(Checkpoint).where(Checkpoint.id.in_(chunk)))
+
+
+def forget_packs(s: Session, ids: list[str]) -> None:
+    """Drop index rows of packs that are gone from storage (their tensor rows go with them)."""
+    for chunk in chunks(ids):
+        s.execute(delete(TensorBlob).where(TensorBlob.pack_id.in_(chunk)))
+        s.execute(delete(Pack).where(Pack.id.in_(chunk)))
+
+
+def get_meta(s: Session, key: str) -> str | None:
+    return s.scalar(select(Meta.value).where(Meta.key == key))
+
+
+def set_meta(s: Session, key: str, value: str) -> None:
+    row = s.get(Meta, key)
+    if row is None:
+        s.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+
+
+def set_objective(s: Session, run: str, metric: str, mode: str) -> str:
+    r = touch_run(s, run, status=None)
+    r.objective_metric, r.objective_mode = metric, mode
+    return r.status
+
+
+def set_status(s: Session, run: str, status: str) -> tuple[str | None, str | None]:
+    r = touch_run(s, run, status=status)
+    return r.objective_metric, r.objective_mode
+
+
+def finish_at_exit(s: Session, run: str, status: str) -> None:
+    s.execute(update(Run).where(Run.name == run, Run.status == "running", Run.pid == os.getpid())
+              .values(status=status, updated_at=now()))
+
+
+def tag(s: Session, name: str, checkpoint_id: str) -> None:
+    s.execute(delete(Tag).where(Tag.name == name))
+    s.add(Tag(name=name, checkpoint_id=checkpoint_id, created_at=now()))
+
+
+def untag(s: Session, name: str) -> None:
+    s.execute(delete(Tag).where(Tag.name == name))

@@ -1,0 +1,132 @@
+"""Packs: the tensors one save adds to the store, one safetensors file streamed into a storage Sink.
+
+Entries are named by tensor hash. Raw entries keep their dtype and shape, so a pack opens in any
+safetensors reader; compressed entries are U8 byte strings (their real dtype and shape are in the
+manifest). Tensor bytes go to the sink as they come, after a header region reserved for the worst
+case; the header is filled in at commit (the sink keeps that region: a local file is patched in place,
+an S3 upload holds its first part back). Reads go straight into the destination and are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ckpt.errors import CorruptCheckpointError, MissingBlobError
+from ckpt.format import codec
+from ckpt.format.manifest import Slot, pack_path
+from ckpt.format.pack_header import build_header
+from ckpt.format.tensors import byte_view, checksum, dtype_from_name, empty_tensor, st_dtype, tensor_hash
+
+PACK_METADATA = {"format": "ckpt-pack-1"}
+MIN_COMPRESS = 4096
+
+
+@dataclass(frozen=True)
+class Location:
+    offset: int
+    length: int
+    codec: str
+
+
+def entry_bound(shape: tuple[int, ...], nbytes: int) -> int:
+    """Upper bound on one entry's JSON size in the header, whichever form it takes."""
+    dims = max(len(json.dumps(list(shape))), len(json.dumps([nbytes])))
+    return len('"":{"dtype":"F8_E4M3FNUZ","shape":,"data_offsets":[,]},') + 64 + dims + 2 * 20
+
+
+class PackWriter:
+    """Writes one pack: entries in any number (``add``, or ``begin``/``write``/``end`` for streamed
+    bytes), then ``finish`` publishes it create-only. Nothing is visible before."""
+
+    def __init__(self, storage: Any, pack_id: str, candidates: list[tuple[tuple[int, ...], int]]) -> None:
+        self.pack_id = pack_id
+        self.key = pack_path(pack_id)
+        meta = len(json.dumps({"__metadata__": PACK_METADATA})) + 2
+        reserve = 8 + meta + sum(entry_bound(shape, n) for shape, n in candidates)
+        self.reserve = reserve + (-reserve % 8)
+        self._room = len(candidates)
+        self.sink = storage.open_sink(self.key, reserve=self.reserve)
+        self.entries: list[tuple[str, str, list[int], int]] = []
+        self._start = -1
+
+    @property
+    def position(self) -> int:
+        return self.sink.position
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
+
+    def has_room(self) -> bool:
+        return len(self.entries) < self._room
+
+    def begin(self) -> int:
+        self._start = self.sink.position
+        return self._start
+
+    def write(self, data: Any) -> None:
+        self.sink.write(data)
+
+    def end(self, name: str, dtype: str, shape: tuple[int, ...], codec_name: str) -> Location:
+        length = self.sink.position - self._start
+        if codec_name == "zstd":
+            entry = (name, "U8", [length], length)
+        else:
+            torch_dtype = dtype_from_name(dtype)
+            code = st_dtype(torch_dtype)
+            dims = list(shape) if code != "U8" or torch_dtype == torch.uint8 else [length]
+            entry = (name, code, dims, length)
+        self.entries.append(entry)
+        return Location(self._start, length, codec_name)
+
+    def finish(self) -> int:
+        """Write the header, make the pack durable and visible; returns its size (0 if nothing was added)."""
+        if self.empty:
+            self.abort()
+            return 0
+        prefix, _ = build_header(self.entries, PACK_METADATA, pad_to=self.reserve)
+        return self.sink.commit(prefix)
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
+def read_slot(reader: Any, slot: Slot, out: torch.Tensor | None = None, *, verify: bool | str = True) -> torch.Tensor:
+    """Read one slot's bytes into ``out`` (allocated when None) and check them.
+
+    ``verify=True`` checks the xxh3 checksum (fast); ``"full"`` also re-computes the blake3 content
+    hash; ``False`` trusts the bytes. Lengths are bounded by the pack's real size before anything is
+    allocated for them.
+    """
+    if slot.offset + slot.length > reader.size:
+        raise MissingBlobError(f"pack {slot.pack} is truncated: tensor {slot.hash[:12]} needs bytes "
+                               f"{slot.offset}..{slot.offset + slot.length} but it has {reader.size}; run "
+                               f"`ckpt verify`")
+    if out is None:
+        out = empty_tensor(slot.dtype, slot.shape)
+    view = byte_view(out)
+    if len(view) != slot.nbytes:
+        raise CorruptCheckpointError(
+            f"tensor {slot.hash[:12]} should hold {slot.nbytes} bytes for dtype {slot.dtype} and shape "
+            f"{list(slot.shape)}, which needs {len(view)}; the manifest is damaged")
+    if slot.codec == "raw":
+        if slot.length != slot.nbytes:
+            raise CorruptCheckpointError(f"tensor {slot.hash[:12]}: stored length {slot.length} != {slot.nbytes}")
+        reader.read_into(slot.offset, view)
+    else:
+        payload = reader.read(slot.offset, slot.length)
+        codec.decode_into(payload, view, dtype_from_name(slot.dtype).itemsize)
+    check_bytes(view, slot, verify)
+    return out
+
+
+def check_bytes(view: memoryview, slot: Slot, verify: bool | str) -> None:
+    if verify and (checksum(view) != slot.check or
+                   (verify == "full" and tensor_hash(slot.dtype, slot.shape, view) != slot.hash)):
+        raise CorruptCheckpointError(
+            f"tensor {slot.hash[:12]} in pack {slot.pack} does not match its checksum (bit rot, truncation "
+            f"or tampering); run `ckpt verify --full`. Load an earlier checkpoint (e.g. `latest~1`).")

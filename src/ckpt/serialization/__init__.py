@@ -1,1 +1,0 @@
-"""Turning training states into bytes and back (skeleton pickles, tensor slots)."""
