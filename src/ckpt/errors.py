@@ -87,3 +87,15 @@ class IndexCorruptError(StorageError):
 
 class ReadOnlyStoreError(CkptError):
     """A write was attempted on a store opened read-only."""
+
+
+class StoreBusyError(CkptError):
+    """A store lock could not be had within the timeout; the message names the holders and what to do."""
+
+    def __init__(self, message: str, holders: list | None = None) -> None:
+        super().__init__(message)
+        self.holders = list(holders or [])
+
+
+class LockLostError(StorageError):
+    """Our store lock was removed (as stale) by someone else, or could not be refreshed in time."""
