@@ -66,7 +66,9 @@ def command(ctx, keep_last, keep_best, keep_every, mode, run, dry_run) -> None: 
     verb = "would remove" if dry_run else "removed"
     freed = "would free" if dry_run else "freed"
     click.echo(f"{verb} {len(plan.remove)} of {len(plan.keep) + len(plan.remove)} checkpoint(s), {freed} "
-               f"{human_bytes(plan.bytes_freed)}" + (" (dry run: nothing changed)" if dry_run else ""))
+               f"{human_bytes(plan.bytes_freed)}")
+    if dry_run:
+        click.echo("(dry run: nothing changed)")
 
 
 def reasons(items: list[str]) -> str:
