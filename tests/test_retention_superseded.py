@@ -33,7 +33,8 @@ def demo(epochs=8, run="r", every=20, tags_at=None):
 
 
 def kept(result):
-    return sorted(((i.epoch, i.step) for i in result.keep), key=lambda k: (k[0], float("inf") if k[1] is None else k[1]))
+    return sorted(((i.epoch, i.step) for i in result.keep),
+                  key=lambda k: (k[0], float("inf") if k[1] is None else k[1]))
 
 
 def decide(infos, **policy):

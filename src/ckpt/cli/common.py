@@ -115,11 +115,6 @@ def describe(info: Any) -> str:
     return f"{info.short_id} ({safe(info.run)}@{info.epoch}{'' if info.step is None else f' step {info.step}'})"
 
 
-def where_name(info: Any) -> str:
-    """``resnet-a@7`` or ``resnet-a@7 step 280``, escaped: the short form in tables."""
-    from ckpt.cli.console import safe
-    return f"{safe(info.run)}@{info.epoch}" + ("" if info.step is None else f":{info.step}")
-
 
 def split_key(key: str | None) -> tuple[str, ...] | None:
     """``--only optimizer/state`` as key path components (``/`` separates; state-dict keys have dots)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -53,12 +53,6 @@ def safe(value: Any) -> str:
 def safe_text(value: Text) -> Text:
     """A rich Text with the same guarantee (styles are kept unless something had to be escaped)."""
     return Text(safe(value.plain), style=value.style) if _UNSAFE.search(value.plain) else value
-
-
-def echo(message: str = "", *, err: bool = False) -> None:
-    """click.echo for a line assembled by the caller from already-safe pieces; escapes what slipped
-    through, but keeps the line breaks the caller put in on purpose."""
-    click.echo("\n".join(safe(line) for line in message.split("\n")), err=err)
 
 
 def target_width() -> int | None:
@@ -215,11 +209,6 @@ class FitTable:
         return t, hidden
 
 
-def table(*columns: Column | str, right: tuple[str, ...] = ()) -> FitTable:
-    """A table whose plain-string columns are essential; pass Column specs for the ones that give way."""
-    return FitTable(*[Column(c, right=c in right) if isinstance(c, str) else c for c in columns])
-
-
 def show(renderable: Any) -> None:
     """Print a FitTable (fitted to the width), a Text (one line, never wrapped) or any rich renderable."""
     width = target_width()
@@ -278,5 +267,5 @@ def progress(description: str, total: int | None = None, *, unit: str = "bytes")
         yield advance
 
 
-def join_safe(items: Sequence[Any], sep: str = ", ") -> str:
+def join_safe(items: Iterable[Any], sep: str = ", ") -> str:
     return sep.join(safe(i) for i in items)

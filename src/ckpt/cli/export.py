@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ckpt import interop
 from ckpt.cli import console, weights
 from ckpt.cli.common import human_bytes, json_option, pass_ctx, split_key
 from ckpt.cli.output import check_free, load_key, output_path, resolve_key
@@ -36,6 +35,7 @@ def command(ctx, selector, output, only, force) -> None:  # type: ignore[no-unty
       ckpt export resnet-a@7 --only ema -o ema.safetensors
       ckpt export latest -o weights.pt
     """
+    from ckpt import interop  # torch and numpy: only for the commands that move files
     store = ctx.open()
     info = store.get(selector)
     parts = split_key(only)

@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from ckpt import interop
 from ckpt.cli import console
 from ckpt.cli.common import CliError, describe, emit_json, human_bytes, json_option, pass_ctx
 
@@ -41,6 +40,7 @@ class Item:
 
 
 def _read(files: tuple[str, ...], epoch: int | None, step: int | None) -> list[Item]:
+    from ckpt import interop
     items = []
     for file in files:
         size = human_bytes(os.path.getsize(file)) if os.path.exists(file) else "?"
@@ -105,6 +105,7 @@ def command(ctx, files, run, epoch, step, metrics, tags, parent) -> None:  # typ
       ckpt import lightning_logs/version_0/checkpoints/*.ckpt --run lit-a
       ckpt import model.safetensors --run hub-base --epoch 0 --metric val_acc=0.76 --tag base
     """
+    from ckpt import interop  # torch and numpy: only for the commands that move files
     if len(files) > 1:
         given = [o for o, v in (("--epoch", epoch), ("--step", step), ("--metric", metrics), ("--tag", tags))
                  if v not in (None, ())]

@@ -46,7 +46,8 @@ def command(ctx, status) -> None:  # type: ignore[no-untyped-def]
     C = console.Column
     t = console.FitTable(C("run", min_width=10), C("status"), C("objective", priority=3, min_width=12),
                          C("best", right=True, priority=1), C("latest epoch", right=True),
-                         C("checkpoints", right=True, priority=2), C("updated", right=True, priority=console.DROP_EARLY))
+                         C("checkpoints", right=True, priority=2),
+                         C("updated", right=True, priority=console.DROP_EARLY))
     for r in runs:
         objective = f"{r.objective} ({r.mode or 'max'})" if r.objective else "-"
         t.add_row(r.name, Text(console.safe(r.status), style=STATUS_STYLE.get(r.status, "")), objective,
