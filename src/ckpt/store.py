@@ -399,12 +399,14 @@ class CheckpointStore:
         from ckpt.gc import collect
         return collect(self._ctx, dry_run=dry_run, grace_seconds=grace_seconds)
 
-    def diff(self, a: Any, b: Any) -> CheckpointDiff:
-        """What changed between two checkpoints; unchanged tensors are recognised by hash, unread."""
+    def diff(self, a: Any, b: Any, *, only: Any = None) -> CheckpointDiff:
+        """What changed between two checkpoints; unchanged tensors are recognised by hash, unread.
+        ``only`` (a key or key path, e.g. "model") restricts the comparison to that sub-tree."""
         from ckpt.diff import diff_checkpoints
         ia, ib = self.get(a), self.get(b)
+        path = None if only is None else (tuple(only) if isinstance(only, (list, tuple)) else (only,))
         return diff_checkpoints(self.storage, ia, ib, self._ctx.manifest(ia.id, ia.format),
-                                self._ctx.manifest(ib.id, ib.format))
+                                self._ctx.manifest(ib.id, ib.format), only=path)
 
     def stats(self) -> dict[str, int]:
         """Rows per index table (a save adds O(1) of them, whatever the number of tensors)."""

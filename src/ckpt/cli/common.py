@@ -105,8 +105,10 @@ def fmt_delta(a: float | None, b: float | None) -> str:
 
 
 def describe(info: Any) -> str:
-    """``3f9a1c2b4d5e (resnet-a@7)``: how a checkpoint is named in messages."""
-    return f"{info.short_id} ({info.run}@{info.epoch}{'' if info.step is None else f' step {info.step}'})"
+    """``3f9a1c2b4d5e (resnet-a@7)``: how a checkpoint is named in messages (the run name escaped)."""
+    from ckpt.cli.console import safe
+    return f"{info.short_id} ({safe(info.run)}@{info.epoch}{'' if info.step is None else f' step {info.step}'})"
+
 
 
 def split_key(key: str | None) -> tuple[str, ...] | None:
@@ -117,3 +119,18 @@ def split_key(key: str | None) -> tuple[str, ...] | None:
     if not parts:
         raise CliError(f"--only {key!r} names no key; give a key such as 'model' or 'optimizer/state'")
     return parts
+
+
+NO_LIMIT_ABOVE = 2**62  # a --limit beyond any store's size is no limit (and stays inside every index's integers)
+
+
+def limit_option(what: str = "rows"):  # type: ignore[no-untyped-def]
+    """``--limit N``: N >= 1 (0 would show nothing, so it is refused with a reason); huge N means all."""
+    def check(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+        if value is None:
+            return None
+        if value < 1:
+            raise click.BadParameter(f"{value} would show nothing; give N >= 1, or leave --limit out to "
+                                     f"show every one")
+        return None if value > NO_LIMIT_ABOVE else value
+    return click.option("--limit", type=int, metavar="N", callback=check, help=f"At most N {what}.")

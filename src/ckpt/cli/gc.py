@@ -35,8 +35,8 @@ def command(ctx, dry_run, grace) -> None:  # type: ignore[no-untyped-def]
         return
     verb = "would remove" if dry_run else "removed"
     for p in report.packs:
-        click.echo(f"{verb} pack {p}")
+        click.echo(f"{verb} pack {console.safe(p)}")
     for f in report.temp_files:
-        click.echo(f"{verb} temp file {f}")
+        click.echo(f"{verb} temp file {console.safe(f)}")
     click.echo(f"{verb} {len(report.packs)} pack(s) and {len(report.temp_files)} temp file(s), "
                f"{'would free' if dry_run else 'freed'} {human_bytes(report.bytes_freed)}")

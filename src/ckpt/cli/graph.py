@@ -18,7 +18,11 @@ class Node(Protocol):
 
 
 def topo_newest_first(nodes: Sequence[Any]) -> list[Any]:
-    """``nodes`` (oldest first) reordered newest first, guaranteeing every child comes before its parent."""
+    """``nodes`` (oldest first) reordered newest first, every child before its parent.
+
+    A damaged store may hold a parent cycle (no order puts every child first): its members come last,
+    newest first, so every checkpoint is still listed exactly once.
+    """
     ids = {n.id for n in nodes}
     pending_children: dict[str, int] = {n.id: 0 for n in nodes}
     for n in nodes:
@@ -37,6 +41,9 @@ def topo_newest_first(nodes: Sequence[Any]) -> list[Any]:
             pending_children[node.parent] -= 1
             if pending_children[node.parent] == 0:
                 heapq.heappush(ready, (order[node.parent], node.parent))
+    if len(out) < len(nodes):
+        placed = {n.id for n in out}
+        out += [n for n in reversed(nodes) if n.id not in placed]
     return out
 
 
@@ -46,7 +53,7 @@ def _line(width: int) -> list[str]:
 
 def layout(nodes: Sequence[Any]) -> list[tuple[str, Any | None]]:
     """Rows of (graph text, node or None for a connector row); ``nodes`` newest first (children first)."""
-    shown = {n.id for n in nodes}
+    position = {n.id: k for k, n in enumerate(nodes)}
     lanes: list[str] = []
     rows: list[tuple[str, Any | None]] = []
     for node in nodes:
@@ -62,8 +69,8 @@ def layout(nodes: Sequence[Any]) -> list[tuple[str, Any | None]]:
         for k in range(len(lanes)):
             row[2 * k] = "*" if k == target else "|"
         rows.append(("".join(row), node))
-        if node.parent is not None and node.parent in shown:
-            lanes[target] = node.parent
+        if node.parent is not None and position.get(node.parent, -1) > position[node.id]:
+            lanes[target] = node.parent  # the parent is drawn further down (a cycle's is not: the lane ends)
         else:
             if target < len(lanes) - 1:
                 rows.append((_close(len(lanes), target), None))

@@ -6,7 +6,7 @@ import click
 from rich.text import Text
 
 from ckpt.cli import console, graph
-from ckpt.cli.common import age, emit_json, fmt_metric, json_option, pass_ctx
+from ckpt.cli.common import age, emit_json, fmt_metric, json_option, limit_option, pass_ctx
 
 
 def _select(store, run):  # type: ignore[no-untyped-def]
@@ -25,22 +25,27 @@ def _select(store, run):  # type: ignore[no-untyped-def]
     return [i for i in everything if i.id in keep]
 
 
+def _metrics(info) -> str:  # type: ignore[no-untyped-def]
+    return "  ".join(f"{console.safe(k)}={fmt_metric(v)}" for k, v in info.metrics.items())
+
+
 def _label(info, by_id) -> Text:  # type: ignore[no-untyped-def]
+    safe = console.safe
     text = Text()
     text.append(info.short_id, style="yellow")
-    text.append(f" {info.run}@{info.epoch}", style="bold")
+    text.append(f" {safe(info.run)}@{info.epoch}", style="bold")
     if info.step is not None:
         text.append(f" step {info.step}")
     if info.tags:
-        text.append(f" ({', '.join(info.tags)})", style="cyan")
-    metrics = "  ".join(f"{k}={fmt_metric(v)}" for k, v in info.metrics.items())
+        text.append(f" ({console.join_safe(info.tags)})", style="cyan")
+    metrics = _metrics(info)
     if metrics:
         text.append(f"  {metrics}")
     parent = by_id.get(info.parent) if info.parent else None
     if parent is not None and parent.run != info.run:
-        text.append(f"  <- branched from {parent.run}@{parent.epoch}", style="magenta")
+        text.append(f"  <- branched from {safe(parent.run)}@{parent.epoch}", style="magenta")
     elif info.parent and parent is None:
-        text.append(f"  <- parent {info.parent[:12]} deleted", style="red")
+        text.append(f"  <- parent {safe(info.parent[:12])} deleted", style="red")
     text.append(f"  {age(info.created_at)}", style="dim")
     return text
 
@@ -48,7 +53,7 @@ def _label(info, by_id) -> Text:  # type: ignore[no-untyped-def]
 @click.command("log", short_help='Lineage, newest first (--graph: branches).')
 @click.argument("run", required=False)
 @click.option("--graph", "as_graph", is_flag=True, help="Draw the lineage as a graph (like git log --graph).")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N checkpoints (newest).")
+@limit_option("checkpoints (the newest)")
 @json_option
 @pass_ctx
 def command(ctx, run, as_graph, limit) -> None:  # type: ignore[no-untyped-def]
@@ -78,19 +83,22 @@ def command(ctx, run, as_graph, limit) -> None:  # type: ignore[no-untyped-def]
         emit_json([{**i.to_dict(), "children": children.get(i.id, [])} for i in ordered])
         return
     if not ordered:
-        click.echo("no checkpoints in this store yet", err=True)
+        click.echo("no checkpoints" + (f" in run {console.safe(run)!s}" if run else " in this store yet"), err=True)
         return
     if as_graph:
         for text, node in graph.layout(ordered):
             line = Text(text) if node is None else Text.assemble(Text(text), " ", _label(node, everything))
             console.show(line)
         return
-    t = console.table("id", "run", "epoch", "step", "parent", "metrics", "tags", "age", right=("epoch", "step"))
+    C = console.Column
+    t = console.FitTable(C("id", min_width=8, cut="prefix"), C("run", min_width=10), C("epoch", right=True),
+                         C("step", right=True, priority=2), C("parent", priority=4, min_width=12),
+                         C("metrics", priority=3, min_width=16), C("tags", priority=3.5, min_width=8),
+                         C("age", right=True, priority=console.DROP_EARLY))
     for i in ordered:
         parent = everything.get(i.parent) if i.parent else None
         ptxt = "-" if not i.parent else (f"{parent.short_id} ({parent.run}@{parent.epoch})" if parent
                                           else f"{i.parent[:12]} (deleted)")
-        t.add_row(i.short_id, i.run, str(i.epoch), "-" if i.step is None else str(i.step), ptxt,
-                  "  ".join(f"{k}={fmt_metric(v)}" for k, v in i.metrics.items()), ",".join(i.tags),
-                  age(i.created_at))
+        t.add_row(i.short_id, i.run, str(i.epoch), "-" if i.step is None else str(i.step), ptxt, _metrics(i),
+                  ",".join(i.tags), age(i.created_at))
     console.show(t)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt.cli import console, where
-from ckpt.cli.common import CliError, age, emit_json, fmt_metric, human_bytes, json_option, pass_ctx
+from ckpt.cli.common import CliError, age, emit_json, fmt_metric, human_bytes, json_option, limit_option, pass_ctx
 
 
 @click.command("ls", short_help='List checkpoints (filter, sort by a metric).')
@@ -18,7 +18,7 @@ from ckpt.cli.common import CliError, age, emit_json, fmt_metric, human_bytes, j
               "or the metric's name); also 'epoch' or 'created'.")
 @click.option("--asc", "order", flag_value="min", help="With --sort: smallest first.")
 @click.option("--desc", "order", flag_value="max", help="With --sort: largest first.")
-@click.option("--limit", type=click.IntRange(min=0), metavar="N", help="At most N rows (after filtering).")
+@limit_option("rows (after filtering)")
 @json_option
 @pass_ctx
 def command(ctx, run, tag, conditions, sort, order, limit) -> None:  # type: ignore[no-untyped-def]
@@ -44,13 +44,28 @@ def command(ctx, run, tag, conditions, sort, order, limit) -> None:  # type: ign
     if not infos:
         click.echo("no checkpoints" + (" match" if (filters or run or tag) else " in this store yet"), err=True)
         return
+    console.show(render(infos, sort))
+
+
+def render(infos, sort: str | None) -> console.FitTable:  # type: ignore[no-untyped-def]
+    """The table, in the order of importance when the terminal is narrow: id, run, epoch and the sort
+    metric always; then tags, step, the other metrics; size, bytes new and age go first."""
     metric_names: list[str] = []
     for i in infos:
         metric_names += [m for m in i.metrics if m not in metric_names]
-    t = console.table("id", "run", "epoch", "step", *metric_names, "size", "new", "age", "tags",
-                      right=("epoch", "step", "size", "new", *metric_names))
+    key_metric = sort if sort in metric_names else None
+    others = [m for m in metric_names if m != key_metric]
+    shown = ([key_metric] if key_metric else []) + others
+    C = console.Column
+    t = console.FitTable(
+        C("id", min_width=8, cut="prefix"), C("run", min_width=10), C("epoch", right=True),
+        C("step", right=True, priority=2),
+        *[C(console.safe(m), right=True, priority=0 if m == key_metric else 4 + n / 100)
+          for n, m in enumerate(shown)],
+        C("size", right=True, priority=console.DROP_EARLY), C("new", right=True, priority=console.DROP_EARLY + 1),
+        C("age", right=True, priority=console.DROP_EARLY + 2), C("tags", priority=3, min_width=8))
     for i in infos:
         t.add_row(i.short_id, i.run, str(i.epoch), "-" if i.step is None else str(i.step),
-                  *[fmt_metric(i.metrics.get(m)) for m in metric_names], human_bytes(i.logical_size),
+                  *[fmt_metric(i.metrics.get(m)) for m in shown], human_bytes(i.logical_size),
                   human_bytes(i.new_bytes), age(i.created_at), ",".join(i.tags))
-    console.show(t)
+    return t

@@ -75,11 +75,3 @@ def load_key(store: Any, info: Any, key: tuple | None, parts: tuple[str, ...] | 
             raise
         return store.load(info.id, key=parts), parts
 
-
-def default_export_key(leaves: Any) -> tuple | None:
-    """What ``export`` writes without --only: the 'model' sub-tree (or Lightning's 'state_dict'), else all."""
-    top = {p[0] for p, _ in leaves if p}
-    for candidate in ("model", "state_dict"):
-        if candidate in top:
-            return (candidate,)
-    return None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ckpt.catalog.writes import step_key
-
 import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, emit_json, fmt_metric, human_bytes, json_option, pass_ctx
+
+NO_STEP = 2**62  # an epoch-end checkpoint (no step) sorts after the epoch's step checkpoints
 
 
 def parse_keep_best(text: str | None) -> tuple[int | None, str | None]:
@@ -57,20 +57,53 @@ def command(ctx, keep_last, keep_best, keep_every, mode, run, dry_run) -> None: 
     plan = store.prune(keep_last=keep_last, keep_best=k_best, keep_every=keep_every, metric=metric, mode=mode,
                        run=run, dry_run=dry_run)
     if ctx.as_json:
+        removed_why = getattr(plan, "removed_reasons", {})
         emit_json({"dry_run": dry_run, "bytes_freed": plan.bytes_freed,
-                   "removed": [i.to_dict() for i in plan.remove],
+                   "removed": [{**i.to_dict(), "reason": removed_why.get(i.id)} for i in plan.remove],
                    "kept": [{**i.to_dict(), "reasons": plan.reasons.get(i.id, [])} for i in plan.keep]})
         return
-    metric_names = list(dict.fromkeys(m for i in plan.keep + plan.remove for m in i.metrics))
-    t = console.table("", "id", "run", "epoch", *metric_names, "why kept", right=("epoch", *metric_names))
-    rows = sorted([(i, True) for i in plan.keep] + [(i, False) for i in plan.remove],
-                  key=lambda r: (r[0].run, r[0].epoch, step_key(r[0].step)))
-    for info, kept in rows:
-        t.add_row("keep" if kept else ("would remove" if dry_run else "removed"), info.short_id, info.run,
-                  str(info.epoch), *[fmt_metric(info.metrics.get(m)) for m in metric_names],
-                  "; ".join(plan.reasons.get(info.id, [])) if kept else "")
-    console.show(t)
+    console.show(render(plan, dry_run, metric))
     verb = "would remove" if dry_run else "removed"
     freed = "would free" if dry_run else "freed"
     click.echo(f"{verb} {len(plan.remove)} of {len(plan.keep) + len(plan.remove)} checkpoint(s), {freed} "
-               f"{human_bytes(plan.bytes_freed)}" + (" (dry run: nothing changed)" if dry_run else ""))
+               f"{human_bytes(plan.bytes_freed)}")
+    if dry_run:
+        click.echo("(dry run: nothing changed)")
+
+
+def reasons(items: list[str]) -> str:
+    """``latest; last 3; best by val_acc, val_loss``: one "best by" for all the metrics it is best by."""
+    best = [r[len("best by "):] for r in items if r.startswith("best by ")]
+    out: list[str] = []
+    for r in items:
+        if r.startswith("best by "):
+            if best:
+                out.append("best by " + ", ".join(best))
+                best = []
+        else:
+            out.append(r)
+    return "; ".join(out)
+
+
+def render(plan, dry_run: bool, metric: str | None) -> console.FitTable:  # type: ignore[no-untyped-def]
+    """keep/remove and why, first and last on each row, never dropped; the policy's metric before the others."""
+    metric_names = list(dict.fromkeys(m for i in plan.keep + plan.remove for m in i.metrics))
+    if metric in metric_names:
+        metric_names.remove(metric)
+        metric_names.insert(0, metric)
+    C = console.Column
+    t = console.FitTable(
+        C("action"), C("id", min_width=8, cut="prefix"), C("run", min_width=10), C("epoch", right=True),
+        C("step", right=True, priority=2),
+        *[C(console.safe(m), right=True, priority=(1 if m == metric else 4) + n / 100)
+          for n, m in enumerate(metric_names)],
+        C("why", min_width=26))
+    removed_why = getattr(plan, "removed_reasons", {})
+    rows = sorted([(i, True) for i in plan.keep] + [(i, False) for i in plan.remove],
+                  key=lambda r: (r[0].run, r[0].epoch, NO_STEP if r[0].step is None else r[0].step))
+    for info, kept in rows:
+        why = reasons(plan.reasons.get(info.id, [])) if kept else removed_why.get(info.id, "")
+        t.add_row("keep" if kept else ("remove" if dry_run else "removed"), info.short_id, info.run,
+                  str(info.epoch), "-" if info.step is None else str(info.step),
+                  *[fmt_metric(info.metrics.get(m)) for m in metric_names], why)
+    return t

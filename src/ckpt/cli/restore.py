@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ckpt import interop
 from ckpt.cli import console
 from ckpt.cli.common import describe, emit_json, human_bytes, json_option, pass_ctx, split_key
 from ckpt.cli.output import check_free, load_key, output_path, resolve_key
@@ -21,11 +20,11 @@ def report(ctx, written, info, key) -> None:  # type: ignore[no-untyped-def]
                    "key": list(key) if key else None, "tensors": written.tensors, "bytes": written.bytes,
                    "notes": written.notes})
         return
-    what = f", key {'/'.join(map(str, key))}" if key else ""
-    click.echo(f"wrote {written.path} ({written.format}, {written.tensors} tensors, {human_bytes(written.bytes)}) "
-               f"from {describe(info)}{what}")
+    what = f", key {console.safe('/'.join(map(str, key)))}" if key else ""
+    click.echo(f"wrote {console.safe(written.path)} ({written.format}, {written.tensors} tensors, "
+               f"{human_bytes(written.bytes)}) from {describe(info)}{what}")
     for note in written.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {console.safe(note)}", err=True)
 
 
 @click.command("restore", short_help='Write a checkpoint to a .pt/.safetensors file.')
@@ -50,6 +49,7 @@ def command(ctx, selector, output, only, force) -> None:  # type: ignore[no-unty
       ckpt restore resnet-a@7 -o resnet-a-7.safetensors
       ckpt restore best --only model -o weights.pt --force
     """
+    from ckpt import interop  # torch and numpy: only for the commands that move files
     store = ctx.open()
     info = store.get(selector)
     key = resolve_key(store.manifest(info.id).leaves, split_key(only))

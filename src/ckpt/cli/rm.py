@@ -32,7 +32,8 @@ def command(ctx, selectors, force) -> None:  # type: ignore[no-untyped-def]
         targets.setdefault(info.id, info)
     tagged = [i for i in targets.values() if i.tags]
     if tagged and not force:
-        names = ", ".join(f"{describe(i)} [{', '.join(i.tags)}]" for i in tagged)
+        from ckpt.cli.console import join_safe
+        names = ", ".join(f"{describe(i)} [{join_safe(i.tags)}]" for i in tagged)
         raise CliError(f"refusing to remove tagged checkpoint(s) {names}; untag them or pass --force")
     freed = sum(store.catalog.exclusive_packs(list(targets)).values())
     removed = [store.delete(cid) for cid in targets]

@@ -8,18 +8,22 @@ from rich.text import Text
 from ckpt.cli import console
 from ckpt.cli.common import age, emit_json, fmt_metric, json_option, pass_ctx
 
-STATUS_STYLE = {"running": "yellow", "completed": "green", "failed": "red", "crashed": "bold red"}
+STATUS_STYLE = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "magenta",
+                "crashed": "bold red"}
+#: Every status ``runs`` shows: the stored ones (store.finish_run) and "crashed" (running, process gone).
+STATUSES = tuple(STATUS_STYLE)
 
 
 @click.command("runs", short_help='Runs with status, objective and best value.')
-@click.option("--status", type=click.Choice(["running", "completed", "failed", "crashed"]), multiple=True,
-              help="Only runs with this status (repeatable).")
+@click.option("--status", type=click.Choice(STATUSES), multiple=True,
+              help="Only runs with this status (repeatable): " + ", ".join(STATUSES) + ".")
 @json_option
 @pass_ctx
 def command(ctx, status) -> None:  # type: ignore[no-untyped-def]
-    """List runs: status (running, completed, failed, crashed), objective, best value, latest epoch.
+    """List runs: status, objective, best value, latest epoch.
 
-    A run whose saving process died without finishing is reported as crashed.
+    Statuses: running, completed, failed, interrupted (stopped by Ctrl-C or a signal), and crashed
+    (marked running, but its saving process died without finishing).
 
     \b
     Examples:
@@ -39,10 +43,14 @@ def command(ctx, status) -> None:  # type: ignore[no-untyped-def]
     if not runs:
         click.echo("no runs" + (" with that status" if status else " in this store yet"), err=True)
         return
-    t = console.table("run", "status", "objective", "best", "latest epoch", "checkpoints", "updated",
-                      right=("best", "latest epoch", "checkpoints"))
+    C = console.Column
+    t = console.FitTable(C("run", min_width=10), C("status"), C("objective", priority=3, min_width=12),
+                         C("best", right=True, priority=1), C("latest epoch", right=True),
+                         C("checkpoints", right=True, priority=2),
+                         C("updated", right=True, priority=console.DROP_EARLY))
     for r in runs:
         objective = f"{r.objective} ({r.mode or 'max'})" if r.objective else "-"
-        t.add_row(r.name, Text(r.status, style=STATUS_STYLE.get(r.status, "")), objective, fmt_metric(r.best_value),
-                  "-" if r.latest_epoch is None else str(r.latest_epoch), str(r.checkpoints), age(r.updated_at))
+        t.add_row(r.name, Text(console.safe(r.status), style=STATUS_STYLE.get(r.status, "")), objective,
+                  fmt_metric(r.best_value), "-" if r.latest_epoch is None else str(r.latest_epoch), str(r.checkpoints),
+                  age(r.updated_at))
     console.show(t)

@@ -60,29 +60,32 @@ def command(ctx, selector, tensors) -> None:  # type: ignore[no-untyped-def]
                                "hash": s.hash} for k, s in keys]
         emit_json(doc)
         return
+    safe = console.safe
     parent = "-"
     if info.parent:
-        parent = describe(chain[0]) if chain else f"{info.parent[:12]} (deleted)"
-    lineage = " <- ".join([f"{info.run}@{info.epoch}"] + [f"{a.run}@{a.epoch}" for a in chain])
+        parent = describe(chain[0]) if chain else f"{safe(info.parent[:12])} (deleted)"
+    lineage = " <- ".join([f"{safe(info.run)}@{info.epoch}"] + [f"{safe(a.run)}@{a.epoch}" for a in chain])
     lines = [
         ("checkpoint", info.id),
-        ("run", f"{info.run}    epoch {info.epoch}" + (f"    step {info.step}" if info.step is not None else "")),
+        ("run", f"{safe(info.run)}    epoch {info.epoch}" + (f"    step {info.step}" if info.step is not None else "")),
         ("created", info.created_at.isoformat(timespec="seconds")),
         ("parent", parent),
         ("lineage", lineage + (f" <- {chain_end}" if chain_end else "")),
         ("children", ", ".join(describe(c) for c in children) or "-"),
-        ("content", info.content_hash),
+        ("content", safe(info.content_hash)),
         ("size", f"{human_bytes(info.logical_size)} in {len(keys)} tensors ({len(m.slots)} distinct), "
                  f"{len(m.packs)} pack(s)"),
         ("stored", f"{human_bytes(info.new_bytes)} newly written by this save"),
         ("shared", f"{human_bytes(shared)} ({shared_n} tensors) identical to its parent" if info.parent else "-"),
-        ("tags", ", ".join(info.tags) or "-"),
+        ("tags", console.join_safe(info.tags) or "-"),
     ]
-    lines += [("metric", f"{name} = {fmt_metric(v)}") for name, v in info.metrics.items()]
+    lines += [("metric", f"{safe(name)} = {fmt_metric(v)}") for name, v in info.metrics.items()]
     for label, value in lines:
-        click.echo(f"{label:11s} {value}")
+        click.echo(f"{label:11s} {safe(value)}")
     if tensors:
-        t = console.table("key", "dtype", "shape", "bytes", right=("bytes",))
+        C = console.Column
+        t = console.FitTable(C("key", min_width=24, cut="middle"), C("dtype", priority=2),
+                             C("shape", priority=1, min_width=10), C("bytes", right=True))
         for k, s in keys:
             t.add_row(k, s.dtype, str(list(s.shape)), human_bytes(s.nbytes))
         console.show(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt.cli.common import describe, emit_json, json_option, pass_ctx
+from ckpt.cli.console import safe
 
 
 @click.command("tag", short_help='Name a checkpoint (kept by prune).')
@@ -29,4 +30,4 @@ def command(ctx, selector, name) -> None:  # type: ignore[no-untyped-def]
         emit_json({"tag": name, "checkpoint": info.to_dict(), "moved_from": before[0].id if before else None})
         return
     moved = f" (moved from {describe(before[0])})" if before and before[0].id != info.id else ""
-    click.echo(f"tagged {describe(info)} as {name}{moved}")
+    click.echo(f"tagged {describe(info)} as {safe(name)}{moved}")

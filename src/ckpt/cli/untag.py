@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt.cli.common import CliError, describe, emit_json, json_option, pass_ctx
+from ckpt.cli.console import safe
 
 
 @click.command("untag", short_help='Remove tags.')
@@ -24,7 +25,7 @@ def command(ctx, names) -> None:  # type: ignore[no-untyped-def]
     for name in names:
         hits = store.list(tag=name)
         if not hits:
-            raise CliError(f"no tag named {name!r}; `ckpt ls` shows the tags in use")
+            raise CliError(f"no tag named {safe(name)!r}; `ckpt ls` shows the tags in use")
         found[name] = hits[0]
     for name in found:
         store.untag(name)
@@ -32,4 +33,4 @@ def command(ctx, names) -> None:  # type: ignore[no-untyped-def]
         emit_json([{"tag": n, "checkpoint": i.id} for n, i in found.items()])
         return
     for name, info in found.items():
-        click.echo(f"removed tag {name} from {describe(info)}")
+        click.echo(f"removed tag {safe(name)} from {describe(info)}")

@@ -32,7 +32,7 @@ def command(ctx, full) -> None:  # type: ignore[no-untyped-def]
                    "problems": [vars(p) for p in report.problems]})
     else:
         for p in report.problems:
-            click.echo(f"PROBLEM {p}")
+            click.echo(f"PROBLEM {console.safe(p)}")
         checked = f", re-hashed {report.tensors_checked} tensors ({human_bytes(report.bytes_checked)})" if full else ""
         click.echo(f"{'ok' if report.ok else 'FAILED'}: {report.checkpoints} checkpoints, {report.packs} packs"
                    f"{checked}, {len(report.problems)} problem(s)")

@@ -6,6 +6,11 @@
     NAME      := a metric name, or ``epoch`` / ``step`` when no metric has that name
 
 A checkpoint without the metric, or with a NaN value, matches no condition.
+
+Metrics are compared at the precision they are shown with: a value equals NUMBER when both round to
+the same number at 4 significant digits (``ckpt ls`` shows 4), or at as many digits as NUMBER is written
+with, if more. So ``val_acc==0.91`` matches a float32 0.91 (0.910000026...) shown as 0.91, and not 0.9104;
+``<``, ``<=``, ``>``, ``>=`` and ``!=`` agree with that equality. ``epoch`` and ``step`` compare exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+from decimal import Decimal, InvalidOperation
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +36,28 @@ class WhereError(ValueError):
     pass
 
 
+DISPLAY_DIGITS = 4  # significant digits of fmt_metric (ckpt.cli.common)
+
+
+def significant_digits(text: str) -> int:
+    """How many significant digits ``text`` is written with ("0.91" 2, "100" 3, "1.50e-3" 3)."""
+    try:
+        d = Decimal(text.strip())
+    except InvalidOperation:
+        return 0
+    return len(d.as_tuple().digits) if d.is_finite() and d != 0 else 1
+
+
+def rounded(v: float, digits: int) -> float:
+    return float(f"{v:.{digits}g}")
+
+
 @dataclass(frozen=True)
 class Condition:
     name: str
     op: str
     value: float
+    digits: int = DISPLAY_DIGITS  # precision of == for metrics
 
     def value_of(self, info: CheckpointInfo) -> float | None:
         if self.name in info.metrics:
@@ -48,7 +71,10 @@ class Condition:
         v = self.value_of(info)
         if v is None or math.isnan(v):
             return False
-        return OPS[self.op](v, self.value)
+        if self.name not in info.metrics or math.isinf(v) or math.isinf(self.value):
+            return OPS[self.op](v, self.value)  # epoch and step: integers, exact
+        a, b = rounded(v, self.digits), rounded(self.value, self.digits)
+        return OPS[self.op](a, b)
 
     def __str__(self) -> str:
         return f"{self.name}{self.op}{self.value:g}"
@@ -73,7 +99,8 @@ def parse(expressions: Iterable[str]) -> list[Condition]:
             if math.isnan(value):
                 raise WhereError(f"in {part.strip()!r}: comparing with NaN matches nothing; NaN values are "
                                  f"never selected")
-            out.append(Condition(m.group("name"), m.group("op"), value))
+            digits = max(DISPLAY_DIGITS, significant_digits(m.group("value")))
+            out.append(Condition(m.group("name"), m.group("op"), value, digits))
     return out
 
 

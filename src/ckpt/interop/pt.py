@@ -148,6 +148,39 @@ def read_pt(path: str) -> Imported:
     if isinstance(state, Mapping):
         out.epoch = int_or_none(state.get("epoch"))
         out.step = int_or_none(state.get("step", state.get("global_step")))
+        out.metrics = scalar_metrics(state)
+    return out
+
+
+#: Top-level numbers of a tutorial checkpoint that are settings, not results.
+NOT_METRICS = frozenset({"epoch", "epochs", "step", "global_step", "iteration", "iter", "seed", "lr",
+                         "learning_rate", "momentum", "weight_decay", "wd", "dropout", "batch_size", "num_classes",
+                         "version", "temperature", "eps", "warmup", "warmup_steps", "max_epochs"})
+
+
+def scalar_metrics(state: Mapping) -> dict[str, float]:
+    """The results a tutorial's ``torch.save({"epoch": e, "model_state_dict": ..., "loss": loss}, PATH)``
+    holds: top-level float scalars (Python floats or one-element float tensors, e.g. a ``loss`` saved
+    without ``.item()``), and integers whose name tells a direction (``correct`` no, ``top1_acc`` yes)."""
+    from ckpt.metrics import infer_mode
+    out: dict[str, float] = {}
+    for name, v in state.items():
+        if not isinstance(name, str) or name.lower() in NOT_METRICS or name.startswith("_"):
+            continue
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1 or not (v.is_floating_point() or infer_mode(name)) or v.is_complex():
+                continue
+            v = v.detach().reshape(()).item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, int) and infer_mode(name) is None:
+            continue
+        try:
+            value = float(v)
+        except OverflowError:  # an integer beyond any float: not a metric
+            continue
+        if value == value and abs(value) != float("inf"):
+            out[name] = value
     return out
 
 
