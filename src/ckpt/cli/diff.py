@@ -9,6 +9,7 @@ import click
 from ckpt.cli import console
 from ckpt.diff import ABSENT
 from ckpt.cli.common import describe, emit_json, fmt_delta, fmt_metric, json_option, pass_ctx
+from ckpt.validation import INT_MAX
 
 
 def to_json(d) -> dict:  # type: ignore[no-untyped-def]
@@ -36,7 +37,7 @@ def _rank(c) -> float:  # type: ignore[no-untyped-def]
 @click.command("diff", short_help='What changed between two checkpoints.')
 @click.argument("a")
 @click.argument("b")
-@click.option("--top", type=click.IntRange(min=1), metavar="N", help="List only the N most changed tensors.")
+@click.option("--top", type=click.IntRange(1, INT_MAX), metavar="N", help="List only the N most changed tensors.")
 @json_option
 @pass_ctx
 def command(ctx, a, b, top) -> None:  # type: ignore[no-untyped-def]

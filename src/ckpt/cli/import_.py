@@ -9,6 +9,7 @@ import click
 from ckpt import interop
 from ckpt.cli import console
 from ckpt.cli.common import CliError, describe, emit_json, human_bytes, json_option, pass_ctx
+from ckpt.validation import INT_MAX, INT_MIN
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -24,9 +25,10 @@ def _metric(text: str) -> tuple[str, float]:
 @click.command("import", short_help='Bring a .pt/.ckpt/.safetensors file in.')
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--run", required=True, help="Run to add the checkpoint to (created if new).")
-@click.option("--epoch", type=int, help="Epoch number. Default: the file's own (Lightning 'epoch', a "
-              "top-level 'epoch', or ckpt metadata).")
-@click.option("--step", type=int, help="Step. Default: Lightning 'global_step' or the file's own.")
+@click.option("--epoch", type=click.IntRange(INT_MIN, INT_MAX), help="Epoch number. Default: the file's own "
+              "(Lightning 'epoch', a top-level 'epoch', or ckpt metadata).")
+@click.option("--step", type=click.IntRange(INT_MIN, INT_MAX),
+              help="Step. Default: Lightning 'global_step' or the file's own.")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME=VALUE",
               help="A metric to record (repeatable). Default: the monitored score of a Lightning "
                    "ModelCheckpoint, or the metrics in a ckpt-written safetensors file.")

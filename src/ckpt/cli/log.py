@@ -7,6 +7,7 @@ from rich.text import Text
 
 from ckpt.cli import console, graph
 from ckpt.cli.common import age, emit_json, fmt_metric, json_option, pass_ctx
+from ckpt.validation import INT_MAX
 
 
 def _select(store, run):  # type: ignore[no-untyped-def]
@@ -48,7 +49,7 @@ def _label(info, by_id) -> Text:  # type: ignore[no-untyped-def]
 @click.command("log", short_help='Lineage, newest first (--graph: branches).')
 @click.argument("run", required=False)
 @click.option("--graph", "as_graph", is_flag=True, help="Draw the lineage as a graph (like git log --graph).")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N checkpoints (newest).")
+@click.option("--limit", type=click.IntRange(1, INT_MAX), metavar="N", help="At most N checkpoints (newest).")
 @json_option
 @pass_ctx
 def command(ctx, run, as_graph, limit) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import click
 
 from ckpt.cli import console, where
 from ckpt.cli.common import CliError, age, emit_json, fmt_metric, human_bytes, json_option, pass_ctx
+from ckpt.validation import INT_MAX
 
 
 @click.command("ls", short_help='List checkpoints (filter, sort by a metric).')
@@ -18,7 +19,7 @@ from ckpt.cli.common import CliError, age, emit_json, fmt_metric, human_bytes, j
               "or the metric's name); also 'epoch' or 'created'.")
 @click.option("--asc", "order", flag_value="min", help="With --sort: smallest first.")
 @click.option("--desc", "order", flag_value="max", help="With --sort: largest first.")
-@click.option("--limit", type=click.IntRange(min=0), metavar="N", help="At most N rows (after filtering).")
+@click.option("--limit", type=click.IntRange(0, INT_MAX), metavar="N", help="At most N rows (after filtering).")
 @json_option
 @pass_ctx
 def command(ctx, run, tag, conditions, sort, order, limit) -> None:  # type: ignore[no-untyped-def]
