@@ -408,3 +408,16 @@ def test_storage_error_picks_the_subclass_by_errno(code, cls):
     err = storage_error(exc, "writing packs/x failed")
     assert type(err) is cls and isinstance(err, StorageError) and isinstance(err, OSError)
     assert str(err) == "writing packs/x failed"
+
+
+# --- selectors SQLite cannot encode -----------------------------------------------------------------
+
+@pytest.mark.xfail(strict=False, reason="core: selectors.parse / store.list(run=...) pass lone surrogates to "
+                                        "SQLite (UnicodeEncodeError); refuse them with a SelectorError, since "
+                                        "no name in a store can hold one")
+@pytest.mark.parametrize("selector", ["\ud800", "best:\udcff", "r\udcff@1", "\udcff~1"])
+def test_a_selector_with_a_lone_surrogate_is_a_selector_error(store, selector):
+    with pytest.raises(CkptError):
+        store.get(selector)
+    with pytest.raises(CkptError):
+        store.list(run=selector)

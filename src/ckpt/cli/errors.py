@@ -53,7 +53,15 @@ def exit_code(exc: BaseException) -> int:
         return USER_ERROR
     if isinstance(exc, OSError):  # full, read-only, permission, I/O error, network: the storage's side
         return STORAGE_ERROR
+    if _undecodable_argument(exc):
+        return USER_ERROR
     return INTERNAL_ERROR
+
+
+def _undecodable_argument(exc: BaseException) -> bool:
+    """An argument with bytes that are not UTF-8 (Python keeps them as lone surrogates in argv), which
+    no name in a store can hold: the database refuses to encode it."""
+    return isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc)
 
 
 def _one_line(text: str) -> str:
@@ -110,6 +118,9 @@ def run_guarded(main: Any) -> Any:
     except Exception as exc:  # a bug, or an environment problem we did not foresee
         if os.environ.get("CKPT_DEBUG"):
             raise
+        if isinstance(exc, UnicodeEncodeError) and _undecodable_argument(exc):
+            fail(f"an argument is not valid UTF-8 text ({exc.object[exc.start:exc.end]!a}); names and "
+                 f"selectors are UTF-8 text", USER_ERROR)
         fail(f"{type(exc).__name__}: {exc} (this is unexpected; rerun with CKPT_DEBUG=1 for the traceback "
              f"and report it)", INTERNAL_ERROR)
     if isinstance(result, int) and not isinstance(result, bool):  # click.Exit code (--help, --version, exit)
