@@ -7,8 +7,9 @@ PostgreSQL BIGINT) with room for ``commit.NO_STEP`` (2**62), and it is checked h
 no backend ever sees a value it would overflow on.
 
 Names (runs, tags, metrics) refuse control characters: C0 (NUL, ESC, CR, LF...), DEL, C1, lone
-surrogates, line/paragraph separators and bidirectional overrides, which would rewrite a terminal
-or break a table when printed.
+surrogates and the Unicode line/paragraph separators, which would rewrite a terminal or break a
+table when printed. Format characters (bidirectional marks, zero-width spaces) are kept: they are
+legitimate in names, and the command line escapes them when it prints.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ _RESERVED = {"latest", "best"}
 INT_MIN = 0
 INT_MAX = 2**62 - 1
 
-# Characters that are not control characters by category but still move or hide text on a
-# terminal: line/paragraph separators (Zl, Zp) and the bidirectional embedding/override/isolate marks.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Cc: C0, DEL and C1 controls; Cs: lone surrogates (not encodable as UTF-8); Zl/Zp: U+2028/U+2029,
+# which str.splitlines() and some terminals treat as line breaks.
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
@@ -45,9 +45,9 @@ def describe(value: Any, limit: int = 80) -> str:
 
 
 def control_character(text: str) -> str | None:
-    """The first control or terminal-rewriting character of ``text`` as ``U+XXXX``, or None."""
+    """The first control character (or line separator, or lone surrogate) of ``text`` as ``U+XXXX``, or None."""
     for c in text:
-        if c in _BIDI or unicodedata.category(c) in _BAD_CATEGORIES:
+        if unicodedata.category(c) in _BAD_CATEGORIES:
             return f"U+{ord(c):04X}"
     return None
 
@@ -62,8 +62,8 @@ def _text(kind: str, value: Any, limit: int, *, strip: bool = True) -> str:
     bad = control_character(value)
     if bad is not None:
         raise InvalidArgumentError(f"{kind} {describe(value)} contains the control character {bad}; names may "
-                                   f"not hold control characters (NUL, ESC, CR, LF, DEL...), line separators "
-                                   f"or bidirectional overrides, since printing them rewrites the terminal")
+                                   f"not hold control characters (NUL, ESC, CR, LF, DEL...) or line separators, "
+                                   f"since printing them rewrites the terminal")
     return value
 
 
