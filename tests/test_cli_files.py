@@ -232,7 +232,7 @@ def test_import_refuses_pickle_payloads_without_running_them(tmp_path, legacy):
     else:
         torch.save(state, evil)
     res = run("--store", loc, "import", str(evil), "--run", "x", "--epoch", "0")
-    assert res.exit_code == 2
+    assert res.exit_code == 4  # unsafe data (docs/cli.md exit codes)
     assert res.stderr.startswith(f"error: {evil} holds pickled Python objects") and len(res.stderr.splitlines()) == 1
     assert "executed nothing" in res.stderr and "Traceback" not in res.output
     assert not marker.exists()
@@ -293,7 +293,7 @@ def test_import_foreign_safetensors_and_bad_input(tmp_path):
         same(back["model"][k], v)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     res = run("--store", loc, "import", str(tmp_path / "junk.pt"), "--run", "j", "--epoch", "0")
-    assert res.exit_code == 2 and "cannot be read by torch.load(weights_only=True)" in res.stderr
+    assert res.exit_code == 4 and "cannot be read by torch.load(weights_only=True)" in res.stderr
     (tmp_path / "w.npz").write_bytes(b"x")
     res = run("--store", loc, "import", str(tmp_path / "w.npz"), "--run", "j", "--epoch", "0")
     assert res.exit_code == 2 and "suffix" in res.stderr
@@ -334,5 +334,5 @@ def test_hostile_safetensors_metadata_is_refused(tmp_path, tree):
     path = tmp_path / "h.safetensors"
     save_file({"w": torch.ones(1)}, path, metadata={"ckpt.tree": tree})
     res = run("--store", str(tmp_path / "s"), "import", str(path), "--run", "h", "--epoch", "0")
-    assert res.exit_code == 2 and "ckpt.tree" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert res.exit_code == 4 and "ckpt.tree" in res.stderr and len(res.stderr.splitlines()) == 1
     assert not (tmp_path / "s").exists()

@@ -235,9 +235,11 @@ def test_log_lists_every_checkpoint_despite_a_parent_cycle(hostile, tmp_path):
     assert len(json.loads(run("--store", loc, "log", "--json").stdout)) == 4
 
 
-def test_limit_zero_is_refused_and_huge_is_everything(loc):
+def test_limit_zero_and_out_of_range_are_refused_with_the_range(loc):
     for cmd in ("ls", "log"):
         res = run("--store", loc, cmd, "--limit", "0")
         assert res.exit_code == 2 and "would show nothing" in res.stderr and "in this store yet" not in res.output
         res = run("--store", loc, cmd, "--limit", "99999999999999999999", "--json")
+        assert res.exit_code == 2 and "out of range" in res.stderr, res.output
+        res = run("--store", loc, cmd, "--limit", str(2**62 - 1), "--json")
         assert res.exit_code == 0 and len(json.loads(res.stdout)) == len(CheckpointStore(loc, readonly=True).list())

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno as _errno
+
+_FULL = frozenset({_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG})
+_NOT_WRITABLE = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM})
+
 
 class CkptError(Exception):
     """Base class of every error ckpt raises on purpose."""
@@ -81,6 +86,14 @@ class StorageError(CkptError, OSError):
     """Writing to or reading from the blob storage failed (disk full, permission, network)."""
 
 
+class StorageFullError(StorageError):
+    """No space left, or a quota or file-size limit hit (ENOSPC, EDQUOT, EFBIG, SQLITE_FULL)."""
+
+
+class StorageNotWritableError(StorageError):
+    """The storage refuses writes: a read-only file system or mount, or no permission (EROFS, EACCES, EPERM)."""
+
+
 class IndexCorruptError(StorageError):
     """The index database file is damaged. It is only a cache: `ckpt reindex` rebuilds it from storage."""
 
@@ -103,3 +116,22 @@ class StoreBusyError(CkptError):
 
 class LockLostError(StorageError):
     """Our store lock was removed (as stale) by someone else, or could not be refreshed in time."""
+
+
+class InvalidFileError(CorruptCheckpointError, InvalidArgumentError):
+    """A file given to ``import`` is damaged or malformed (its metadata, its pickle, its tensors).
+
+    Both a CorruptCheckpointError (the data is bad: exit code 4) and an InvalidArgumentError
+    (for callers that already catch that).
+    """
+
+
+def storage_error(exc: OSError, message: str) -> StorageError:
+    """The StorageError subclass that ``exc``'s errno calls for (full, not writable, or plain), with
+    ``message``; raise it ``from exc``. For the core's write paths (blobs, packs, index)."""
+    code = getattr(exc, "errno", None)
+    if code in _FULL:
+        return StorageFullError(message)
+    if code in _NOT_WRITABLE or isinstance(exc, PermissionError):
+        return StorageNotWritableError(message)
+    return StorageError(message)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ckpt.errors import InvalidArgumentError, MetricDirectionError
+from ckpt.validation import describe, metric_name
 
 #: Conventional metric names. A metric whose name contains one of these words (split on
 #: non-alphanumerics, so "val_acc", "top1-accuracy", "eval/loss" all match) takes that direction.
@@ -48,16 +50,47 @@ def check_mode(mode: str) -> str:
 
 
 def to_float(name: Any, value: Any) -> float:
-    """A metric value as a float: Python/numpy numbers and one-element tensors are accepted."""
-    if not isinstance(name, str) or not name or len(name) > 256 or "\0" in name:
-        raise InvalidArgumentError(f"metric names must be non-empty strings of at most 256 characters, "
-                                   f"got {name!r}")
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "numel", lambda: 1)() == 1:
-        value = value.item()
+    """A metric value as a float: Python/numpy numbers and one-element tensors are accepted.
+
+    NaN and infinities are kept (they never win "best"); a number too large for a float, a
+    string or any other object is an InvalidArgumentError naming the metric.
+    """
+    name = metric_name(name)
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, numbers.Number):  # a tensor or ndarray: one element only
+        size = getattr(value, "numel", None)
+        count = size() if callable(size) else getattr(value, "size", 1)
+        if count != 1:
+            raise InvalidArgumentError(f"metric {name!r} must be a single number, got {type(value).__name__} "
+                                       f"with {describe(count)} elements")
+        try:
+            value = item()
+        except Exception as exc:  # a meta tensor, or an object whose item() is something else
+            raise InvalidArgumentError(f"metric {name!r}: cannot read a number from {type(value).__name__} "
+                                       f"({describe(exc, 120)})") from None
+    elif callable(item) and hasattr(value, "dtype"):  # numpy scalar: its Python equivalent
+        value = item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"metric {name!r} must be a number, got {type(value).__name__} "
-                                   f"{value!r}; log strings and other values in the state instead")
-    return float(value)
+                                   f"{describe(value)}; log strings and other values in the state instead")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgumentError(f"metric {name!r} is {describe(value, 60)}, too large for a 64-bit float "
+                                   f"(about 1.8e308 at most); log it scaled, or in the state") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise InvalidArgumentError(f"metric {name!r}: {type(value).__name__} {describe(value)} cannot be read "
+                                   f"as a float ({exc})") from None
+
+
+def to_floats(metrics: Any) -> dict[str, float]:
+    """A whole metrics mapping (None for none) checked with to_float, for the API edge (``save``)."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidArgumentError(f"metrics must be a dict of name -> number, got {type(metrics).__name__} "
+                                   f"{describe(metrics)}")
+    return {k: to_float(k, v) for k, v in metrics.items()}
 
 
 def is_finite(v: float | None) -> bool:

@@ -157,24 +157,24 @@ def to_kinds(m: Manifest, tensors: dict[int, torch.Tensor]) -> dict[int, Any]:
     return {i: (t.numpy() if slots[i].kind == "numpy" else t) for i, t in tensors.items()}
 
 
-def move(tensors: dict[int, torch.Tensor], m: Manifest, map_location: MapLocation) -> dict[int, torch.Tensor]:
-    if map_location is None:
+def move(tensors: dict[int, torch.Tensor], m: Manifest, place: Any) -> dict[int, torch.Tensor]:
+    """Tensors where ``place`` (a resolved map_location) puts them; numpy slots stay arrays on the CPU."""
+    if place is None:
         return tensors
-    from ckpt.map_location import apply, check
-    check(map_location)
     slots = m.slots
-    return {i: (t if slots[i].kind == "numpy" else apply(t, "cpu", map_location)) for i, t in tensors.items()}
+    return {i: (t if slots[i].kind == "numpy" else place(t, "cpu")) for i, t in tensors.items()}
 
 
 def load_state(storage: Any, m: Manifest, *, key: Any = None, map_location: MapLocation = None,
                verify: bool | str = True) -> Any:
     path = _normalize_key(key)
+    place = None
     if map_location is not None:
-        from ckpt.map_location import check
-        check(map_location)
+        from ckpt.map_location import resolve
+        place = resolve(map_location)  # checked before anything is read
     structure = subtree(m.structure(), path)
     tensors = read_slots(storage, m, slots_under(m, path), verify=verify)
-    return fill(structure, to_kinds(m, move(tensors, m, map_location)))
+    return fill(structure, to_kinds(m, move(tensors, m, place)))
 
 
 def leaf_key(path: tuple) -> str:

@@ -1,4 +1,16 @@
-"""Checks on user-supplied names and numbers, before anything is written."""
+"""Checks on user-supplied names and numbers, before anything is written.
+
+One integer range for everything the index stores as a number (epoch, step) and for every integer
+the API or the command line takes (limits, counts, ``RUN@EPOCH``, ``~N``): ``0 <= n <= INT_MAX``,
+with ``INT_MAX = 2**62 - 1``. It fits a signed 64-bit column on every backend (SQLite INTEGER,
+PostgreSQL BIGINT) with room for ``commit.NO_STEP`` (2**62), and it is checked here, at the edge, so
+no backend ever sees a value it would overflow on.
+
+Names (runs, tags, metrics) refuse control characters: C0 (NUL, ESC, CR, LF...), DEL, C1, lone
+surrogates and the Unicode line/paragraph separators, which would rewrite a terminal or break a
+table when printed. Format characters (bidirectional marks, zero-width spaces) are kept: they are
+legitimate in names, and the command line escapes them when it prints.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +23,47 @@ from ckpt.errors import InvalidArgumentError
 
 _RESERVED = {"latest", "best"}
 
+#: The inclusive bounds of every integer ckpt stores or takes (epoch, step, limits, counts).
+INT_MIN = 0
+INT_MAX = 2**62 - 1
 
-def _text(kind: str, value: Any, limit: int) -> str:
+# Cc: C0, DEL and C1 controls; Cs: lone surrogates (not encodable as UTF-8); Zl/Zp: U+2028/U+2029,
+# which str.splitlines() and some terminals treat as line breaks.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def describe(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, safe for any value (a 5,000-digit int included)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        sign = "-" if value < 0 else ""
+        return f"{sign}<an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__, or a container holding a huge int
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def control_character(text: str) -> str | None:
+    """The first control character (or line separator, or lone surrogate) of ``text`` as ``U+XXXX``, or None."""
+    for c in text:
+        if unicodedata.category(c) in _BAD_CATEGORIES:
+            return f"U+{ord(c):04X}"
+    return None
+
+
+def _text(kind: str, value: Any, limit: int, *, strip: bool = True) -> str:
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{kind} must be a string, got {type(value).__name__} {value!r}")
-    if not value or value != value.strip():
-        raise InvalidArgumentError(f"{kind} {value!r} must be non-empty without leading/trailing spaces")
+        raise InvalidArgumentError(f"{kind} must be a string, got {type(value).__name__} {describe(value)}")
+    if not value or (strip and value != value.strip()):
+        raise InvalidArgumentError(f"{kind} {describe(value)} must be non-empty without leading/trailing spaces")
     if len(value) > limit:
         raise InvalidArgumentError(f"{kind} is {len(value)} characters long; the limit is {limit}")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-        raise InvalidArgumentError(f"{kind} {value!r} contains control characters (NUL, newline...)")
+    bad = control_character(value)
+    if bad is not None:
+        raise InvalidArgumentError(f"{kind} {describe(value)} contains the control character {bad}; names may "
+                                   f"not hold control characters (NUL, ESC, CR, LF, DEL...) or line separators, "
+                                   f"since printing them rewrites the terminal")
     return value
 
 
@@ -41,7 +84,13 @@ def tag_name(value: Any) -> str:
     return name
 
 
+def metric_name(value: Any) -> str:
+    """A metric name: a non-empty string of at most 256 characters, without control characters."""
+    return _text("metric name", value, 256, strip=False)
+
+
 def integer(kind: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """An integer in ``INT_MIN..INT_MAX`` (numpy and torch integer scalars too); InvalidArgumentError else."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool):
@@ -49,9 +98,13 @@ def integer(kind: str, value: Any, *, allow_none: bool = False) -> int | None:
     try:
         v = operator.index(value)
     except TypeError:
-        raise InvalidArgumentError(f"{kind} must be an integer, got {type(value).__name__} {value!r}") from None
-    if not -(2**62) < v < 2**62:
-        raise InvalidArgumentError(f"{kind} {v} is out of range")
+        raise InvalidArgumentError(f"{kind} must be an integer, got {type(value).__name__} "
+                                   f"{describe(value)}") from None
+    except Exception as exc:  # e.g. a torch tensor with several elements
+        raise InvalidArgumentError(f"{kind} must be an integer, got {type(value).__name__} ({exc})") from None
+    if not INT_MIN <= v <= INT_MAX:
+        raise InvalidArgumentError(f"{kind} {describe(v)} is out of range: it must be between {INT_MIN} and "
+                                   f"{INT_MAX} (2**62 - 1)")
     return v
 
 
@@ -63,3 +116,36 @@ def variant_name(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise InvalidArgumentError(f"variant {name!r} may only hold letters, digits, '_', '.' and '-'")
     return name
+
+
+def limit(kind: str, value: Any) -> int | None:
+    """A row limit or count (None: no limit). Larger than INT_MAX means "all", so it is capped, not refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{kind} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except Exception:
+        raise InvalidArgumentError(f"{kind} must be an integer, got {type(value).__name__} "
+                                   f"{describe(value)}") from None
+    if v < 0:
+        raise InvalidArgumentError(f"{kind} must be 0 or more, got {describe(v)}")
+    return min(v, INT_MAX)
+
+
+def parse_integer(kind: str, text: str) -> int:
+    """``text`` (a decimal integer from a selector or option) as an integer in range; InvalidArgumentError else.
+
+    The length is checked before ``int()``, so a 5,000-digit string is refused cleanly instead of
+    hitting Python's int/str conversion limit.
+    """
+    t = text.strip().replace("_", "") if isinstance(text, str) else ""
+    negative = t.startswith("-")
+    body = t[1:] if t[:1] in ("+", "-") else t
+    if not body.isdecimal():
+        raise InvalidArgumentError(f"{kind} must be a whole number, got {describe(text, 40)}")
+    if len(body.lstrip("0")) > len(str(INT_MAX)):
+        raise InvalidArgumentError(f"{kind} {describe(text, 40)} is out of range: it must be between {INT_MIN} "
+                                   f"and {INT_MAX} (2**62 - 1)")
+    return integer(kind, -int(body) if negative else int(body))  # type: ignore[return-value]

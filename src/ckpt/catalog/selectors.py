@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ckpt import validation
 from ckpt.errors import (AmbiguousSelectorError, CheckpointNotFoundError, InvalidArgumentError,
                          MetricDirectionError, SelectorError)
 from ckpt.catalog.schema import Checkpoint, Metric, Run, Tag
 from ckpt.metrics import check_mode, infer_mode, resolve_mode
+from ckpt.validation import describe
 
 _HEX = re.compile(r"^[0-9a-f]{6,32}$")
 _TILDE = re.compile(r"^(.*)~(\d+)$")
+_INT = re.compile(r"\s*[+-]?\d+(?:_\d+)*\s*")  # what int() accepts
 MAX_CANDIDATES = 50
 
 
@@ -52,7 +55,7 @@ def parse(selector: str) -> Parsed:
     back = 0
     m = _TILDE.match(sel)
     if m:
-        sel, back = m.group(1), int(m.group(2))
+        sel, back = m.group(1), _in_range(selector, "the ~N count", m.group(2))
         if not sel:
             raise SelectorError(f"{selector!r}: '~N' needs a selector before it, e.g. 'latest~1'")
     if sel == "latest":
@@ -71,13 +74,20 @@ def parse(selector: str) -> Parsed:
             return Parsed("best", run=run, metric=metric, back=back)
     if "@" in sel:
         run, epoch = sel.rsplit("@", 1)
-        try:
-            return Parsed("epoch", run=run, epoch=int(epoch), back=back)
-        except ValueError:
-            if run:
-                raise SelectorError(f"{selector!r}: the part after '@' must be an epoch number, e.g. "
-                                    f"'{run}@3'") from None
+        if _INT.fullmatch(epoch):
+            return Parsed("epoch", run=run, epoch=_in_range(selector, "epoch", epoch), back=back)
+        if run:
+            raise SelectorError(f"{selector!r}: the part after '@' must be an epoch number, e.g. "
+                                f"'{run}@3'")
     return Parsed("word", word=sel, back=back)
+
+
+def _in_range(selector: str, kind: str, text: str) -> int:
+    """An integer of a selector, in validation's one range (0..2**62-1), or a SelectorError."""
+    try:
+        return validation.parse_integer(kind, text)
+    except InvalidArgumentError as exc:
+        raise SelectorError(f"{describe(selector, 60)}: {exc}") from None
 
 
 class Resolver:

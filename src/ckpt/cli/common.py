@@ -121,16 +121,34 @@ def split_key(key: str | None) -> tuple[str, ...] | None:
     return parts
 
 
-NO_LIMIT_ABOVE = 2**62  # a --limit beyond any store's size is no limit (and stays inside every index's integers)
+class _Count(click.ParamType):
+    """An integer option in ckpt's one range (1..INT_MAX), refused with the range when outside it."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        from ckpt.validation import INT_MAX
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            text = str(value).strip()
+            digits = text.lstrip("+-")
+            if not digits.isdigit():
+                self.fail(f"{text[:40]!r} is not a whole number", param, ctx)
+            if len(digits) > 19:
+                self.fail(f"{text[:20]}... is out of range: give N between 1 and {INT_MAX}", param, ctx)
+            n = int(text)
+        if n < 1:
+            self.fail(f"{n} is out of range and would show nothing: give N between 1 and {INT_MAX}, or leave the "
+                      f"option out to show every one", param, ctx)
+        if n > INT_MAX:
+            self.fail(f"{n} is out of range: give N between 1 and {INT_MAX}", param, ctx)
+        return n
+
+
+COUNT = _Count()
 
 
 def limit_option(what: str = "rows"):  # type: ignore[no-untyped-def]
-    """``--limit N``: N >= 1 (0 would show nothing, so it is refused with a reason); huge N means all."""
-    def check(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
-        if value is None:
-            return None
-        if value < 1:
-            raise click.BadParameter(f"{value} would show nothing; give N >= 1, or leave --limit out to "
-                                     f"show every one")
-        return None if value > NO_LIMIT_ABOVE else value
-    return click.option("--limit", type=int, metavar="N", callback=check, help=f"At most N {what}.")
+    """``--limit N``: 1 <= N <= INT_MAX (0 would show nothing, so it is refused with a reason)."""
+    return click.option("--limit", type=COUNT, metavar="N", help=f"At most N {what}.")

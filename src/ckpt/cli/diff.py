@@ -9,6 +9,7 @@ import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, describe, emit_json, fmt_delta, fmt_metric, json_option, pass_ctx, split_key
+from ckpt.validation import INT_MAX
 
 VALUE_WIDTH = 60  # a value whose repr is longer is summarised (type and length), not dumped
 
@@ -85,7 +86,7 @@ def _check_only(store, ids, leaves, parts) -> str:  # type: ignore[no-untyped-de
 @click.argument("b")
 @click.option("--only", "only", metavar="KEY", help="Compare only this sub-tree, e.g. 'model' or "
               "'optimizer/param_groups' ('/' separates levels). Metrics are always shown.")
-@click.option("--top", type=click.IntRange(min=1), metavar="N", help="List at most N changed tensors and N "
+@click.option("--top", type=click.IntRange(1, INT_MAX), metavar="N", help="List at most N changed tensors and N "
               "changed values (most changed tensors first).")
 @json_option
 @pass_ctx

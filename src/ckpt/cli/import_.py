@@ -10,6 +10,7 @@ import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, describe, emit_json, human_bytes, json_option, pass_ctx
+from ckpt.validation import INT_MAX, INT_MIN
 
 NO_STEP = 2**62  # a checkpoint without a step is its epoch's end: after the epoch's step checkpoints
 
@@ -76,9 +77,9 @@ def _clash_error(run: str, item: Item, other: Any) -> CliError:
 @click.command("import", short_help='Bring .pt/.ckpt/.safetensors files in.')
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="FILE...")
 @click.option("--run", required=True, help="Run to add the checkpoints to (created if new).")
-@click.option("--epoch", type=int, help="Epoch number. Default: the file's own (Lightning 'epoch', a "
+@click.option("--epoch", type=click.IntRange(INT_MIN, INT_MAX), help="Epoch number. Default: the file's own (Lightning 'epoch', a "
               "top-level 'epoch', or ckpt metadata). One FILE only.")
-@click.option("--step", type=int, help="Step. Default: Lightning 'global_step' or the file's own. One FILE only.")
+@click.option("--step", type=click.IntRange(INT_MIN, INT_MAX), help="Step. Default: Lightning 'global_step' or the file's own. One FILE only.")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME=VALUE",
               help="A metric to record (repeatable; one FILE only). Default: the file's own: the monitored "
                    "score of a Lightning ModelCheckpoint, top-level numbers such as 'loss' or 'val_acc' in a "

@@ -6,6 +6,7 @@ import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, emit_json, fmt_metric, human_bytes, json_option, pass_ctx
+from ckpt.validation import INT_MAX
 
 NO_STEP = 2**62  # an epoch-end checkpoint (no step) sorts after the epoch's step checkpoints
 
@@ -27,11 +28,12 @@ def parse_keep_best(text: str | None) -> tuple[int | None, str | None]:
 
 
 @click.command("prune", short_help='Apply a retention policy, free space.')
-@click.option("--keep-last", type=click.IntRange(min=0), metavar="N", help="Keep each run's N newest checkpoints.")
+@click.option("--keep-last", type=click.IntRange(0, INT_MAX), metavar="N",
+              help="Keep each run's N newest checkpoints.")
 @click.option("--keep-best", metavar="K[:METRIC]", help="Keep each run's K best by METRIC (default: the run's "
               "objective).")
-@click.option("--keep-every", type=click.IntRange(min=1), metavar="N", help="Keep every checkpoint whose epoch "
-              "is a multiple of N.")
+@click.option("--keep-every", type=click.IntRange(1, INT_MAX), metavar="N", help="Keep every checkpoint whose "
+              "epoch is a multiple of N.")
 @click.option("--mode", type=click.Choice(["max", "min"]), help="Direction of METRIC when its name does not "
               "tell (acc/f1/auc... max; loss/error... min).")
 @click.option("--run", help="Only this run (default: every run, each on its own).")

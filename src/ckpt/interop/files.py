@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ckpt.errors import InvalidArgumentError
+from ckpt.validation import INT_MAX, INT_MIN
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -145,6 +146,9 @@ class Imported:
 
 
 def int_or_none(v: Any) -> int | None:
-    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+    """A file's own epoch or step, when it is a usable one (in ckpt's range); None makes the user pass it."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
         v = v.item()
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    if isinstance(v, int) and not isinstance(v, bool) and INT_MIN <= v <= INT_MAX:
+        return v
+    return None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckpt.errors import InvalidArgumentError, UnsafeMetadataError
+from ckpt.errors import InvalidArgumentError, InvalidFileError, UnsafeMetadataError
 from ckpt.interop.files import (Imported, Written, all_leaves, count_tensors, file_tensor, flat_name, int_or_none,
                                 output_file, tensor_leaves)
 
@@ -133,13 +133,17 @@ def read_pt(path: str) -> Imported:
             f"{path} cannot be read by torch.load(weights_only=True)"
             f"{f' ({reason.group(1).strip()})' if reason else ''}: it is not a PyTorch file, or it holds pickle "
             f"data beyond tensors and plain containers; ckpt executed nothing") from None
+    except PermissionError:
+        raise  # the file is fine; the user may not read it (exit code 5)
     except RuntimeError as exc:
         if "TorchScript" in str(exc) or "torchscript" in str(exc).lower():
             raise InvalidArgumentError(f"{path} is a TorchScript archive, not a checkpoint; save the "
                                        f"module's state_dict() instead") from None
-        raise InvalidArgumentError(f"{path} is not a readable PyTorch file ({' '.join(str(exc).split())[:200]})") from None
-    except (EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InvalidArgumentError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {exc})") from None
+        raise InvalidFileError(f"{path} is not a readable PyTorch file ({' '.join(str(exc).split())[:200]})") from None
+    except (EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, IndexError, TypeError, AttributeError,
+            OverflowError) as exc:
+        why = " ".join(str(exc).split())[:200] or "the file is empty or cut short"
+        raise InvalidFileError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {why})") from None
     if isinstance(state, Mapping) and "state_dict" in state and (
             "pytorch-lightning_version" in state or "global_step" in state or "optimizer_states" in state):
         return Imported(state, "lightning", epoch=int_or_none(state.get("epoch")),
@@ -196,5 +200,5 @@ def _lightning_metrics(state: Mapping) -> dict[str, Any]:
         if isinstance(score, torch.Tensor) and score.numel() == 1:
             score = score.item()
         if isinstance(monitor, str) and monitor and isinstance(score, (int, float)) and not isinstance(score, bool):
-            return {monitor: float(score)}
+            return {monitor: score}  # store.save checks it (a float too large is an InvalidArgumentError)
     return {}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckpt.errors import InvalidArgumentError, UnsupportedTypeError
+from ckpt.errors import InvalidArgumentError, InvalidFileError, UnsupportedTypeError
 from ckpt.interop.files import (Imported, Written, all_leaves, file_tensor, flat_name, int_or_none, output_file,
                                 tensor_leaves)
 from ckpt.interop.tree import TREE_KEY, decode, encode
@@ -93,8 +93,8 @@ def read_safetensors(path: str) -> Imported:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InvalidArgumentError(f"{path} is not a readable safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise InvalidFileError(f"{path} is not a readable safetensors file ({_why(exc)})") from None
     info: dict[str, Any] = {}
     if INFO_KEY in metadata:
         try:
@@ -108,11 +108,14 @@ def read_safetensors(path: str) -> Imported:
         try:
             tree = json.loads(metadata[TREE_KEY])
         except (ValueError, RecursionError) as exc:
-            raise InvalidArgumentError(f"{path}: {TREE_KEY} metadata is not valid JSON ({exc})") from None
+            raise InvalidFileError(f"{path}: {TREE_KEY} metadata is not valid JSON ({_why(exc)})") from None
         try:
             state = decode(tree, tensors, {})
-        except (TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
-            raise InvalidArgumentError(f"{path}: {TREE_KEY} metadata is malformed ({exc})") from None
+        except InvalidFileError as exc:
+            raise InvalidFileError(f"{path}: {exc}") from None
+        except (TypeError, ValueError, IndexError, AttributeError, RecursionError, ArithmeticError) as exc:
+            # decode checks every tag; this is a backstop for what its checks missed
+            raise InvalidFileError(f"{path}: {TREE_KEY} metadata is malformed ({_why(exc)})") from None
         return Imported(state, "ckpt-safetensors", epoch, step, dict(metrics))
     key = [p for p in metadata.get(SUBTREE_KEY, "model").split("/") if p] or ["model"]
     model = tensors
@@ -120,3 +123,7 @@ def read_safetensors(path: str) -> Imported:
         model = {k: model}
     state = {**model, "metadata": metadata}
     return Imported(state, "safetensors", epoch, step, dict(metrics))
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
