@@ -213,6 +213,7 @@ def _scripted(fast_tmp, values, **kw):  # type: ignore[no-untyped-def]
     store = kw.pop("store", None) or CheckpointStore(fast_tmp / "s")
     kw.setdefault("verbose", False)
     kw.setdefault("progress", False)
+    kw.setdefault("sanity_check", False)  # evaluate is a scripted sequence: the check would take a value
     result = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), data, lambda m: {"score": next(seq)},
                  store=store, run="scripted", **kw)
     return store, result, model
