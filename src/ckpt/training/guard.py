@@ -224,7 +224,8 @@ def _scheduler_changes(recorded: Mapping[str, Any] | None, saved: Any, now: Mapp
         if k in first or k in current:
             if any(k in src and _same(src[k], v) for src in (first, current)):
                 continue
-            out.append(Change("scheduler", k, first.get(k, current.get(k)), v, key=k))
+            moved = k in first and k in current and not _same(first[k], current[k])
+            out.append(Change("scheduler", k, first.get(k, current.get(k)), v, key=k, moved=moved))
     return out
 
 
@@ -305,8 +306,8 @@ def mismatch_message(run: str, checkpoint: Any, changes: Sequence[Change], *, al
                    if any(c.part == "model" for c in fixed) else "")
                 + ("" if not allow_changes else "; allow_changes=True cannot override this"))
     if any(c.moved for c in changes):
-        head += ("\n(If you passed an optimizer that already trained in this process, e.g. again in a notebook after "
-                 "an error, create it anew: its values moved on since the checkpoint.)")
+        head += ("\n(If you passed an optimizer or scheduler that already trained in this process, e.g. again in a "
+                 "notebook after an error, create it anew: its values moved on since the checkpoint.)")
     return (f"{head}\nWays forward: undo the change to continue run {run!r} as it was; or {new_run}; or pass "
             f"allow_changes=True to continue run {run!r} with the new settings (the change is recorded in the "
             f"run_config of its next checkpoints, and the lineage links them to {checkpoint.short_id})")
