@@ -180,7 +180,7 @@ def _model_changes(saved: Any, model: torch.nn.Module) -> list[Change]:
 
 
 def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def _optimizer_changes(recorded: Mapping[str, Any] | None, saved: Any, now: Mapping[str, Any]) -> list[Change]:

@@ -141,6 +141,7 @@ class Trainer:
         self._bar: Any = None
         self.run_config: dict[str, Any] = {}  # what defines this run (guard.describe), saved in every checkpoint
         self._changes: tuple[str, ...] = ()
+        self._change_note = ""
 
     # -- the steps a subclass may override ------------------------------------------------------
     def train_step(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -274,6 +275,10 @@ class Trainer:
             return self._already_complete()
         if info is not None:
             self._say(f"resuming run {self.run!r} from {info.short_id} (epoch {info.epoch}, step {info.step})")
+            if self._change_note and self.verbose:
+                self._say(f"  {self._change_note}")
+            elif self._change_note:
+                log.warning("run %r resumes from %s %s", self.run, info.short_id, self._change_note)
         if self.sanity_check and (info is None or any(c.key in ("monitor", "mode") for c in changes)):
             self._check_monitor()
         if self.monitor is not None:
@@ -320,10 +325,8 @@ class Trainer:
             history.append({"checkpoint": info.id, "run": info.run, "epoch": info.epoch, "step": info.step,
                             "changes": [str(c) for c in changes]})
             how = "allow_changes=True" if info.run == self.run else f"a new run branching from {info.run}"
-            msg = (f"run {self.run!r} continues from {info.short_id} with these changes ({how}; recorded in its "
-                   f"checkpoints' run_config): " + "; ".join(str(c) for c in changes))
-            log.warning(msg)
-            self._say(msg)
+            self._change_note = (f"with these changes ({how}; recorded in the run_config of its checkpoints): "
+                                 + "; ".join(str(c) for c in changes))
         self.run_config = guard.merge(recorded or None, self.run_config, changes)
         self.run_config["changes"] = history
         return changes
@@ -353,13 +356,13 @@ class Trainer:
             why = (f"early stopping ended it after epoch {self.epoch - 1} ({self.monitor} did not improve for "
                    f"{es.wait} epochs). To train on: pass a larger patience (or None) with allow_changes=True")
         elif reason == "max_epochs":
-            why = (f"it trained {self.epoch} epochs of max_epochs={self.max_epochs}. To train on: raise max_epochs")
+            why = f"it has trained all {self.epoch} epochs of max_epochs={self.max_epochs}. To train on: raise max_epochs"
         else:
             why = f"it stopped ({reason}) after epoch {self.epoch - 1}. To train on: start a new run"
+        self._say(f"run {self.run!r} is already complete ({self.resumed_from.short_id} is its last checkpoint): "
+                  f"{why}, or pass a new run= name to start another run. Nothing was trained")
         best = self._restore_best() if self.restore_best else self._best()
         self._mark("completed")
-        self._say(f"run {self.run!r} is already complete: {why}, or pass a new run= name to start another "
-                  f"run. Nothing was trained")
         return FitResult(self.run, self.epoch, self.global_step, reason, best, self.resumed_from,  # type: ignore[arg-type]
                          self.resumed_from, self.history, self.early_stopping, already_complete=True)
 
