@@ -32,6 +32,15 @@ def line_buffered_stdout() -> None:
         reconfigure(line_buffering=True)
 
 
+def ckpt_command() -> str:
+    """How to call the ckpt command line of this interpreter's venv (``.venv/bin/ckpt`` after the set-up)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ckpt")
+    if not os.path.isfile(exe):
+        return "ckpt"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else exe
+
+
 def refuse(message: str) -> None:
     """Stop the example: a message on stderr, exit status 2, nothing changed."""
     print(f"error: {message}", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ckpt import CheckpointStore
 from ckpt.training import fit, seed_everything
 
-from _folders import line_buffered_stdout, new_folder
+from _folders import ckpt_command, line_buffered_stdout, new_folder
 
 RUN = "mlp-demo"
 
@@ -90,7 +90,7 @@ def main() -> None:
     weights = torch.load(out, weights_only=True)
     print(f"\nplain torch.load(weights_only=True) of {os.path.basename(out)}: {len(weights)} tensors, "
           f"e.g. {next(iter(weights))} {tuple(next(iter(weights.values())).shape)}")
-    print(f"\nstore kept at {store_dir}; look at it with: .venv/bin/ckpt --store {store_dir} ls")
+    print(f"\nstore kept at {store_dir}; look at it with: {ckpt_command()} --store {store_dir} ls")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ckpt import CheckpointStore
 from ckpt.training import DataSplit, fit, seed_everything
 
-from _folders import line_buffered_stdout, new_folder
+from _folders import ckpt_command, line_buffered_stdout, new_folder
 
 FEATURES = ["date", "day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
 
@@ -175,7 +175,7 @@ def main() -> None:
     for info in kept:
         print(f"  epoch {info.epoch:>2}  val_loss {info.metrics['val_loss']:.4f}  {info.short_id}")
     assert result.best.id == kept[0].id
-    print(f"\nstore at {store_dir}; try: .venv/bin/ckpt --store {store_dir} ls --sort val_loss")
+    print(f"\nstore at {store_dir}; try: {ckpt_command()} --store {store_dir} ls --sort val_loss")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ esac
 PY=${PYTHON:-python3}
 VENV=${CKPT_VENV:-.venv}
 TORCH_PIN=2.13.0
-TORCH_MIN=2.6  # keep in step with "torch>=..." in pyproject.toml (tests/test_setup_scripts.py checks)
+TORCH_MIN=2.9  # keep in step with "torch>=..." in pyproject.toml (tests/test_setup_scripts.py checks)
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi

@@ -95,7 +95,7 @@ def test_bootstrap_installs_pinned_torch_first_then_demo_then_test_extra(venv):
     assert venv("test") == (0, []) and venv("demo") == (0, []) and venv() == (0, [])
 
 
-@pytest.mark.parametrize("have,installs_torch", [("2.6.0", False), ("2.13.0", False), ("2.5.1", True)])
+@pytest.mark.parametrize("have,installs_torch", [("2.9.0", False), ("2.13.0", False), ("2.8.0", True)])
 def test_bootstrap_keeps_a_torch_within_the_range(venv, have, installs_torch):
     (venv.site / "torch").mkdir()
     (venv.site / "torch" / "__init__.py").write_text(f"__version__ = '{have}+cu121'\n")
