@@ -125,8 +125,9 @@ def describe(trainer: Any) -> dict[str, Any]:
                  "drop_last": plain(getattr(loader, "drop_last", None)),
                  "sampler": _qualname(type(loader.sampler)) if getattr(loader, "sampler", None) is not None else None,
                  "dataset_size": dataset_size, "batches_per_epoch": data.num_batches(loader)},
-        "split": None if split is None else {"seed": split.seed if split.seed_given else None,
-                                             "sizes": [len(s) for s in split.subsets]},
+        "split": None if split is None else {
+            "seed": getattr(split, "seed", None) if getattr(split, "seed_given", True) else None,
+            "sizes": [len(s) for s in getattr(split, "subsets", [])]},
         "info": {"max_epochs": trainer.max_epochs},  # recorded, not compared: raising it continues a run
         "changes": [],
     }
