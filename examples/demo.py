@@ -1,17 +1,19 @@
 """The end-to-end story of ckpt in one minute: train with checkpoints, get preempted, resume, stop early,
 then look at the store from the command line.
 
-    python examples/demo.py [STORE_DIR]        (or: bash scripts/demo.sh, which sets up .venv first)
+    python examples/demo.py [DIR]        (or: bash scripts/demo.sh [DIR], which sets up .venv first)
+
+It writes only into a new folder: DIR/store (DIR/store-2 on the next run...) when DIR is new, empty or was
+made by an example; without DIR, a new folder under the system temp directory. A DIR that holds anything
+else is refused and left untouched (see examples/_folders.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 import torch
 from torch import nn
@@ -19,6 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ckpt import CheckpointStore
 from ckpt.training import fit, seed_everything
+
+from _folders import ckpt_command, line_buffered_stdout, new_folder
 
 RUN = "mlp-demo"
 
@@ -59,8 +63,9 @@ def sh(store_dir: str, *args: str) -> None:
 
 
 def main() -> None:
-    store_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.gettempdir(), "ckpt-demo")
-    shutil.rmtree(store_dir, ignore_errors=True)
+    line_buffered_stdout()
+    store_dir = new_folder(sys.argv[1] if len(sys.argv) > 1 else None, "demo")
+    print(f"The store: {store_dir} (a new folder)\n")
 
     print("1. Training starts; the scheduler preempts it (SIGTERM) in the middle of epoch 3.")
     p = subprocess.run([sys.executable, __file__, store_dir, "--child"])
@@ -73,7 +78,7 @@ def main() -> None:
 
     print("\n2. The same script runs again: resume='auto' continues at the exact batch, then stops early.")
     result = train(store_dir)
-    print(f"   stopped: {result.stop_reason} after epoch {result.epochs}; best epoch {result.best.epoch} "
+    print(f"   stopped: {result.stop_reason} after epoch {result.epochs - 1}; best epoch {result.best.epoch} "
           f"(val_acc {result.best.metrics['val_acc']:.3f}) is back in the model")
 
     print("\n3. The store, from the command line:")
@@ -81,11 +86,11 @@ def main() -> None:
     sh(store_dir, "ls", "--sort", "val_acc", "--limit", "5")
     sh(store_dir, "diff", f"{RUN}:latest", "best")
     out = os.path.join(store_dir, "best-model.pt")
-    sh(store_dir, "restore", "best", "--only", "model", "-o", out, "--force")
+    sh(store_dir, "restore", "best", "--only", "model", "-o", out)
     weights = torch.load(out, weights_only=True)
     print(f"\nplain torch.load(weights_only=True) of {os.path.basename(out)}: {len(weights)} tensors, "
           f"e.g. {next(iter(weights))} {tuple(next(iter(weights.values())).shape)}")
-    print(f"store kept at {store_dir}")
+    print(f"\nstore kept at {store_dir}; look at it with: {ckpt_command()} --store {store_dir} ls")
 
 
 if __name__ == "__main__":

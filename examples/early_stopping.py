@@ -10,16 +10,17 @@ NSW/VIC prices and demand, label UP/DOWN = price above its last-24-hours average
 download it yourself (OpenML id 151, ARFF or CSV) and pass its path:
 
     python examples/early_stopping.py [--store DIR] [--data electricity.arff|electricity.csv]
+
+The store goes into a new folder: DIR/store (DIR/store-2 on the next run...) when DIR is new, empty or was
+made by an example, else a new folder under the system temp directory; a DIR holding anything else is
+refused and left untouched (see examples/_folders.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ckpt import CheckpointStore
 from ckpt.training import DataSplit, fit, seed_everything
+
+from _folders import ckpt_command, line_buffered_stdout, new_folder
 
 FEATURES = ["date", "day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
 
@@ -131,12 +134,15 @@ def metrics(model: nn.Module, ds, prefix: str) -> dict[str, float]:  # type: ign
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "ckpt-early-stopping"))
+    ap.add_argument("--store", metavar="DIR", help="a new or empty folder, or one an example made (default: a new "
+                                                   "folder under the temp directory)")
     ap.add_argument("--data", help="a local copy of OpenML 'electricity' (ARFF or CSV)")
     ap.add_argument("--max-epochs", type=int, default=60)
     args = ap.parse_args()
 
-    shutil.rmtree(args.store, ignore_errors=True)
+    line_buffered_stdout()
+    store_dir = new_folder(args.store, "early_stopping")
+    print(f"store: {store_dir} (a new folder)")
     torch.set_num_threads(1)  # a model this small trains faster on one thread than on many
     seed_everything(0)
     x, y = load_electricity(args.data) if args.data else synthetic_electricity()
@@ -148,7 +154,7 @@ def main() -> None:
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
-    store = CheckpointStore(args.store)
+    store = CheckpointStore(store_dir)
     result = fit(model, opt, loader, lambda m: metrics(m, val, "val"), store=store, run="elec-mlp",
                  max_epochs=args.max_epochs, monitor="val_loss", patience=4, min_delta=1e-4, min_epochs=3,
                  loss_fn=nn.functional.binary_cross_entropy_with_logits, split=split,
@@ -169,7 +175,7 @@ def main() -> None:
     for info in kept:
         print(f"  epoch {info.epoch:>2}  val_loss {info.metrics['val_loss']:.4f}  {info.short_id}")
     assert result.best.id == kept[0].id
-    print(f"\nstore at {args.store}; try: ckpt --store {args.store} ls --sort val_loss")
+    print(f"\nstore at {store_dir}; try: {ckpt_command()} --store {store_dir} ls --sort val_loss")
 
 
 if __name__ == "__main__":

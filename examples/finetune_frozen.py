@@ -6,14 +6,15 @@ head, the optimizer state of the head (the optimizer sees only trainable paramet
 RNG/data-order states.
 
     python examples/finetune_frozen.py [--store DIR]
+
+The store goes into a new folder: DIR/store (DIR/store-2 on the next run...) when DIR is new, empty or was
+made by an example, else a new folder under the system temp directory; a DIR holding anything else is
+refused and left untouched (see examples/_folders.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ckpt import CheckpointStore
 from ckpt.training import fit, freeze, load_pretrained, seed_everything, trainable_parameters
+
+from _folders import line_buffered_stdout, new_folder
 
 
 class Net(nn.Module):
@@ -53,17 +56,20 @@ def accuracy(model: nn.Module, ds: TensorDataset) -> dict[str, float]:
 
 
 def kb(n: int) -> str:
-    return f"{n / 1000:8.1f} kB"
+    return f"{n / 1024:8.1f} KiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "ckpt-finetune-demo"))
+    ap.add_argument("--store", metavar="DIR", help="a new or empty folder, or one an example made (default: a new "
+                                                   "folder under the temp directory)")
     args = ap.parse_args()
-    shutil.rmtree(args.store, ignore_errors=True)
+    line_buffered_stdout()
+    store_dir = new_folder(args.store, "finetune_frozen")
+    print(f"store: {store_dir} (a new folder)\n")
     torch.set_num_threads(1)
     seed_everything(0)
-    store = CheckpointStore(args.store)
+    store = CheckpointStore(store_dir)
 
     print("1. pretraining a 6-class model")
     train, val = task(6, 3000, seed=1)

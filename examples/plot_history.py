@@ -6,8 +6,11 @@ kept checkpoint's metrics too: `ckpt plot val_loss -o curve.png` draws those fro
 
     python examples/plot_history.py [--store DIR] [--run RUN] [-o curves.png]
 
-With a store and run from another example (e.g. examples/early_stopping.py's "elec-mlp") it draws that
-run; otherwise it first trains a small, deliberately overfitting model so there is something to see.
+With a store that holds the run (e.g. the store examples/early_stopping.py printed, --run elec-mlp) it
+only reads it. Otherwise it first trains a small, deliberately overfitting model so there is something to
+see, in a new folder: DIR/store when DIR is new, empty or was made by an example, else a new folder under
+the system temp directory; a DIR holding anything else is refused and left untouched. The PNG goes next to
+the store it trained (default), or to -o, which must not exist yet unless --overwrite.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ckpt import CheckpointStore
 from ckpt.training import History, fit, plot_history, seed_everything
+
+from _folders import line_buffered_stdout, new_file, new_folder
 
 
 def train_small(store: CheckpointStore, run: str) -> None:
@@ -48,15 +53,31 @@ def train_small(store: CheckpointStore, run: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "ckpt-plot-demo"))
+    ap.add_argument("--store", metavar="DIR", help="a store holding --run (only read), or a folder to train one in: "
+                                                   "new, empty or made by an example (default: a new folder under "
+                                                   "the temp directory)")
     ap.add_argument("--run", default="overfit-mlp")
-    ap.add_argument("-o", "--output", default="training_curves.png")
+    ap.add_argument("-o", "--output", help="the PNG to write (default: next to the store)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     args = ap.parse_args()
+    line_buffered_stdout()
+    output = new_file(args.output, overwrite=args.overwrite) if args.output else None
 
-    store = CheckpointStore(args.store)
-    if args.run not in {r.name for r in store.runs()}:
-        print(f"no run {args.run!r} in {args.store}: training one")
+    store = None
+    if args.store is not None and CheckpointStore.exists(args.store):
+        store = CheckpointStore(args.store, readonly=True)
+        if args.run not in {r.name for r in store.runs()}:
+            store.close()
+            store = None
+    if store is not None:
+        print(f"reading run {args.run!r} from {args.store} (read-only)")
+        output = output or os.path.join(tempfile.mkdtemp(prefix="ckpt-plot_history-"), "training_curves.png")
+    else:
+        store_dir = new_folder(args.store, "plot_history")
+        print(f"no run {args.run!r} to read: training one in {store_dir} (a new folder)")
+        store = CheckpointStore(store_dir)
         train_small(store, args.run)
+        output = output or os.path.join(os.path.dirname(store_dir), f"{os.path.basename(store_dir)}-curves.png")
     hist = History.from_store(store, args.run)
     latest = store.load(f"{args.run}:latest", key="early_stopping")
     monitor = latest["monitor"] if latest else None
@@ -69,9 +90,9 @@ def main() -> None:
     print("epoch  " + "  ".join(f"{m:>10}" for m in names))
     for rec in hist:
         print(f"{rec['epoch']:>5}  " + "  ".join(f"{rec.get(m, float('nan')):>10.4g}" for m in names))
-    plot_history(hist, args.output, best_epoch=best.epoch if best else None, stopped_epoch=stopped,
+    plot_history(hist, output, best_epoch=best.epoch if best else None, stopped_epoch=stopped,
                  title=f"{args.run}: training and validation curves")
-    print(f"\nwrote {args.output}" + (f" (best epoch {best.epoch} by {monitor} marked)" if best else ""))
+    print(f"\nwrote {output}" + (f" (best epoch {best.epoch} by {monitor} marked)" if best else ""))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,25 @@
 """Quickstart: train a small classifier, checkpoint every epoch, restore the best, look at the store.
 
-Run with `bash scripts/demo.sh` (sets up .venv first) or `python examples/quickstart.py [STORE_DIR]`.
+    python examples/quickstart.py [DIR]
+
+The store goes into a new folder: DIR/store (DIR/store-2 on the next run...) when DIR is new, empty or was
+made by an example, else a new folder under the system temp directory; a DIR holding anything else is
+refused and left untouched (see examples/_folders.py).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 from torch import nn
 
 from ckpt import CheckpointStore
+
+from _folders import line_buffered_stdout, new_folder
 
 
 def make_data(n: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,8 +31,9 @@ def make_data(n: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def main() -> None:
-    store_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.gettempdir(), "ckpt-demo-store")
-    shutil.rmtree(store_dir, ignore_errors=True)
+    line_buffered_stdout()
+    store_dir = new_folder(sys.argv[1] if len(sys.argv) > 1 else None, "quickstart")
+    print(f"store: {store_dir} (a new folder)")
     store = CheckpointStore(store_dir)
     run = "mlp-demo"
     store.set_objective(run, "val_acc", "max")

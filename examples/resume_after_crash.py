@@ -6,6 +6,10 @@ one that was not interrupted. `fit` saves all of it, every epoch and every `save
 
     python examples/resume_after_crash.py [--store DIR] [--kill-at-step N]
 
+Its two stores go into a new folder: DIR/run (DIR/run-2 on the next run...) when DIR is new, empty or was
+made by an example, else a new folder under the system temp directory; a DIR holding anything else is
+refused and left untouched (see examples/_folders.py).
+
 1. a child process trains and is SIGKILLed at a random step (no chance to save or clean up);
 2. this process runs the same training with resume="auto" and finishes the run;
 3. the same training runs uninterrupted, in a separate store;
@@ -18,11 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -31,6 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ckpt import CheckpointStore
 from ckpt.training import DataSplit, fit, seed_everything
+
+from _folders import line_buffered_stdout, new_folder
 
 RUN = "spiral-mlp"
 EPOCHS = 10
@@ -88,7 +92,8 @@ def train(store_dir: str, kill_at_step: int | None = None, verbose: bool = True)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default=os.path.join(tempfile.gettempdir(), "ckpt-resume-demo"))
+    ap.add_argument("--store", metavar="DIR", help="a new or empty folder, or one an example made (default: a new "
+                                                   "folder under the temp directory)")
     ap.add_argument("--kill-at-step", type=int, help="default: a random step")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,8 +101,10 @@ def main() -> None:
         train(args.store, args.kill_at_step)
         return
 
-    crashed, reference = os.path.join(args.store, "crashed"), os.path.join(args.store, "reference")
-    shutil.rmtree(args.store, ignore_errors=True)
+    line_buffered_stdout()
+    work = new_folder(args.store, "resume_after_crash", "run")
+    print(f"stores: {work}/crashed and {work}/reference (a new folder)\n")
+    crashed, reference = os.path.join(work, "crashed"), os.path.join(work, "reference")
     kill_at = args.kill_at_step or random.randrange(SAVE_EVERY + 1, 3 * 23)
     child = [sys.executable, os.path.abspath(__file__), "--store", crashed, "--child"]
 

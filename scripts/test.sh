@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv (scripts/bootstrap.sh) and runs the whole suite.
+# The test command: sets up .venv with the test extra (scripts/bootstrap.sh test) and runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
-exec .venv/bin/python -m pytest "$@"
+bash scripts/bootstrap.sh test
+exec "${CKPT_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -28,6 +28,8 @@ def run_example(name: str, *args: str, timeout: float = 240) -> str:
 
 
 def _example_module(name: str):  # type: ignore[no-untyped-def]
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)  # as when run as a script: examples/_folders.py is importable
     spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -89,7 +91,7 @@ def test_resume_after_crash_example(fast_tmp):
 def test_finetune_frozen_example(fast_tmp):
     out = run_example("finetune_frozen.py", "--store", str(fast_tmp / "s"))
     assert "shape differs, left as initialized: head.weight" in out
-    shares = [float(s) for s in re.findall(r"^\s+\d+\s+[\d.]+ kB\s+[\d.]+ kB\s+([\d.]+)%", out, re.M)]
+    shares = [float(s) for s in re.findall(r"^\s+\d+\s+[\d.]+ KiB\s+[\d.]+ KiB\s+([\d.]+)%", out, re.M)]
     assert len(shares) == 4 and all(s < 5 for s in shares)  # each checkpoint adds under 5% of its size
     assert "parent of the first fine-tune checkpoint" in out
 

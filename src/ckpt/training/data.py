@@ -111,6 +111,7 @@ class DataSplit:
 
     def __init__(self, dataset: Dataset, lengths: Sequence[int | float], seed: int | None = None) -> None:
         self.seed = int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
+        self.seed_given = seed is not None  # a drawn seed differs in every process: not part of the run's definition
         self.dataset = dataset
         self.subsets: list[Subset] = random_split(dataset, lengths, torch.Generator().manual_seed(self.seed))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ckpt.errors import CheckpointNotFoundError, InvalidArgumentError, MetricDir
 from ckpt.metrics import to_float
 from ckpt.records import CheckpointInfo
 from ckpt.retention import RetentionPolicy
-from ckpt.training import data, progress, resume, rng
+from ckpt.training import data, guard, progress, resume, rng
 from ckpt.training.early_stopping import EarlyStopping
 from ckpt.training.history import History
 from ckpt.training.signals import StopSignals
@@ -49,6 +50,8 @@ class FitResult:
     resumed_from: CheckpointInfo | None
     history: History
     early_stopping: EarlyStopping | None
+    already_complete: bool = False  # the run had finished before this call: nothing was trained
+    changes: tuple[str, ...] = ()  # differences from the checkpoint resumed from, accepted and recorded
 
     @property
     def interrupted(self) -> bool:
@@ -83,7 +86,8 @@ class Trainer:
                  retention: Mapping[str, Any] | RetentionPolicy | None = None, restore_best: bool = True,
                  split: Any = None, stateful: Mapping[str, Any] | None = None, callbacks: Iterable[Any] = (),
                  progress: bool | str = "auto", verbose: bool = True, handle_signals: bool = True,
-                 exit_on_signal: bool = True) -> None:
+                 exit_on_signal: bool = True, save_every_epochs: int = 1, allow_changes: bool = False,
+                 sanity_check: bool = True) -> None:
         from ckpt.store import CheckpointStore
         if not isinstance(store, CheckpointStore):
             store = CheckpointStore(os.fspath(store))
@@ -91,6 +95,8 @@ class Trainer:
             raise InvalidArgumentError(f"max_epochs must be a positive integer, got {max_epochs!r}")
         if save_every_steps is not None and (not isinstance(save_every_steps, int) or save_every_steps < 1):
             raise InvalidArgumentError(f"save_every_steps must be a positive integer or None, got {save_every_steps!r}")
+        if isinstance(save_every_epochs, bool) or not isinstance(save_every_epochs, int) or save_every_epochs < 1:
+            raise InvalidArgumentError(f"save_every_epochs must be a positive integer, got {save_every_epochs!r}")
         if evaluate is None and monitor not in (None, "train_loss"):
             raise InvalidArgumentError(f"monitor={monitor!r} needs evaluate(model) returning it; without "
                                        f"validation pass monitor='train_loss' or monitor=None")
@@ -102,6 +108,7 @@ class Trainer:
         self.autocast, self.max_grad_norm = autocast, max_grad_norm
         self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.resume, self.parent, self.save_every_steps, self.restore_best = resume, parent, save_every_steps, restore_best
+        self.save_every_epochs, self.allow_changes, self.sanity_check = save_every_epochs, allow_changes, sanity_check
         self.split, self.stateful, self.callbacks = split, dict(stateful or {}), list(callbacks)
         self.progress, self.verbose = progress, verbose
         self.handle_signals, self.exit_on_signal = handle_signals, exit_on_signal
@@ -132,6 +139,9 @@ class Trainer:
         self._epoch_start: dict[str, Any] | None = None  # data-order state at the start of this epoch
         self._pending: dict[str, Any] | None = None  # what a resume still has to put back
         self._bar: Any = None
+        self.run_config: dict[str, Any] = {}  # what defines this run (guard.describe), saved in every checkpoint
+        self._changes: tuple[str, ...] = ()
+        self._change_note = ""
 
     # -- the steps a subclass may override ------------------------------------------------------
     def train_step(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -168,6 +178,7 @@ class Trainer:
     def state_dict(self, rng_state: dict[str, Any] | None = None, *, mid_epoch: bool) -> dict[str, Any]:
         return {
             resume.FORMAT_KEY: resume.FORMAT,
+            guard.KEY: self.run_config,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -184,19 +195,38 @@ class Trainer:
             "extra": {name: obj.state_dict() for name, obj in self.stateful.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Put back everything but the RNG and data-order state, which wait for the epoch to start."""
+    def load_state_dict(self, state: dict[str, Any], changes: Iterable[guard.Change] = ()) -> None:
+        """Put back everything but the RNG and data-order state, which wait for the epoch to start.
+
+        ``changes`` (accepted with allow_changes=True, or on a branch into a new run) win over the saved
+        values: new optimizer and scheduler settings are set again after loading, and state that no longer
+        fits (another optimizer class, a scheduler added or removed, another monitor) starts fresh."""
+        changes = list(changes)
+        fresh = {(c.part, c.key) for c in changes if c.key in (None, "monitor", "mode", "grad_scaler")}
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if ("optimizer", None) in fresh:
+            log.warning("run %r: the optimizer changed; its state (momenta...) starts fresh", self.run)
+        else:
+            new = [(c.group, c.key, self.optimizer.param_groups[c.group][c.key])
+                   for c in changes if c.part == "optimizer"]
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group, key, value in new:
+                self.optimizer.param_groups[group][key] = value  # type: ignore[index]
         for name in ("scheduler", "grad_scaler"):
             obj, saved = getattr(self, name), state[name]
+            if (name, None) in fresh or ("fit", name) in fresh:
+                continue
             if (obj is None) != (saved is None):
                 raise InvalidArgumentError(f"the checkpoint was saved {'with' if saved is not None else 'without'} "
                                            f"a {name}, this run has {'one' if obj is not None else 'none'}; "
                                            f"resume with the same training setup")
             if obj is not None:
+                new_settings = {c.key: getattr(obj, c.key) for c in changes if c.part == name and c.key}
                 obj.load_state_dict(saved)
-        if self.early_stopping is not None and state["early_stopping"] is not None:
+                for key, value in new_settings.items():
+                    setattr(obj, key, value)
+        monitor_changed = ("fit", "monitor") in fresh or ("fit", "mode") in fresh
+        if self.early_stopping is not None and state["early_stopping"] is not None and not monitor_changed:
             self.early_stopping.load_state_dict(state["early_stopping"])
         self.history.load_state_dict(state["history"])
         for name, obj in self.stateful.items():
@@ -214,6 +244,15 @@ class Trainer:
                 "so the checkpoint's indices are put back")
         loop = state["loop"]
         self.global_step, self.stop_reason = loop["global_step"], loop["stop_reason"]
+        es = self.early_stopping
+        if self.stop_reason == "early_stopping" and any(c.part == "fit" for c in changes):
+            # New early-stopping settings (a larger patience...) decide again whether the run is over.
+            done = (es is not None and not monitor_changed and es.patience is not None and es.wait >= es.patience
+                    and loop["epoch"] + 1 >= es.min_epochs)
+            if not done:
+                self.stop_reason = None
+                if es is not None:
+                    es.stopped_epoch = None
         if loop["epoch_complete"]:
             self.epoch, self.batches_done, self.loss_sum = loop["epoch"] + 1, 0, 0.0
         else:
@@ -223,15 +262,28 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        if self.monitor is not None:
-            self.store.set_objective(self.run, self.monitor, self.mode)
+        self.run_config = guard.describe(self)  # before anything is loaded into the objects it reads
         info, state = resume.find(self.store, self.run, self.resume)
+        changes: list[guard.Change] = []
         if info is not None:
-            self.load_state_dict(state)  # type: ignore[arg-type]
+            changes = self._check_run(info, state)  # type: ignore[arg-type]
+            self.load_state_dict(state, changes)  # type: ignore[arg-type]
             self.resumed_from = info
-            self._say(f"resuming run {self.run!r} from {info.short_id} (epoch {info.epoch}, step {info.step})")
         if self.stop_reason == "max_epochs" and self.epoch < self.max_epochs:
             self.stop_reason = None  # max_epochs was raised: carry on
+        if self.stop_reason is not None:
+            return self._already_complete()
+        if info is not None:
+            self._say(f"resuming run {self.run!r} from {info.short_id} (epoch {info.epoch}, step {info.step})")
+            if self._change_note and self.verbose:
+                self._say(f"  {self._change_note}")
+            elif self._change_note:
+                log.warning("run %r resumes from %s %s", self.run, info.short_id, self._change_note)
+        if self.sanity_check and (info is None or any(c.key in ("monitor", "mode") for c in changes)):
+            self._check_monitor()
+        if self.monitor is not None:
+            self.store.set_objective(self.run, self.monitor, self.mode)
+        self._changes = tuple(str(c) for c in changes)
         signals = StopSignals(self.handle_signals)
         try:
             with signals:
@@ -248,7 +300,8 @@ class Trainer:
             raise
         self._mark("interrupted" if interrupted else "completed")
         result = FitResult(self.run, self.epoch, self.global_step, self.stop_reason, best,
-                           self.last or self.resumed_from, self.resumed_from, self.history, self.early_stopping)
+                           self.last or self.resumed_from, self.resumed_from, self.history, self.early_stopping,
+                           changes=self._changes)
         self._callback("on_fit_end", result)
         if interrupted:
             self._say(f"stopped by {self.stop_reason} at epoch {self.epoch}, step {self.global_step}; "
@@ -256,6 +309,62 @@ class Trainer:
             if self.exit_on_signal:
                 raise SystemExit(128 + signals.received)  # type: ignore[operator]
         return result
+
+    # -- before training ---------------------------------------------------------------------------
+    def _check_run(self, info: CheckpointInfo, state: dict[str, Any]) -> list[guard.Change]:
+        """Compare the run as set up now with the checkpoint's; stop before loading anything when they
+        differ, unless the changes are allowed (allow_changes=True, or a branch into a new run name)."""
+        recorded = state.get(guard.KEY) if isinstance(state.get(guard.KEY), dict) else {}
+        history = list(recorded.get("changes") or [])
+        changes = guard.compare(state, self.run_config, self.model)
+        if changes:
+            fixed = any(not c.overridable for c in changes)
+            if fixed or (info.run == self.run and not self.allow_changes):
+                raise guard.RunMismatchError(
+                    guard.mismatch_message(self.run, info, changes, allow_changes=self.allow_changes), changes)
+            history.append({"checkpoint": info.id, "run": info.run, "epoch": info.epoch, "step": info.step,
+                            "changes": [str(c) for c in changes]})
+            how = "allow_changes=True" if info.run == self.run else f"a new run branching from {info.run}"
+            self._change_note = (f"with these changes ({how}; recorded in the run_config of its checkpoints): "
+                                 + "; ".join(str(c) for c in changes))
+        self.run_config = guard.merge(recorded or None, self.run_config, changes)
+        self.run_config["changes"] = history
+        return changes
+
+    def _check_monitor(self) -> None:
+        """Run evaluate once before training so that a ``monitor`` it does not return fails now, before
+        any checkpoint, not after an epoch. What it draws from the RNGs is undone: the run stays exact."""
+        if self.monitor is None or self.evaluate_fn is None or self.monitor == "train_loss":
+            return
+        state = rng.capture()
+        try:
+            metrics = self.evaluate()
+        finally:
+            rng.restore(state)
+        if self.monitor not in metrics:
+            raise InvalidArgumentError(
+                f"monitor {self.monitor!r} is not among the metrics evaluate(model) returned: "
+                f"{sorted(metrics) or 'none'} (plus train_loss, which fit adds); pass monitor= one of them, or "
+                f"None for no early stopping and no best restore. Nothing was trained or saved")
+
+    def _already_complete(self) -> FitResult:
+        """A run that finished before: train nothing, say so, put its best weights in the model."""
+        assert self.resumed_from is not None
+        reason = self.stop_reason
+        es = self.early_stopping
+        if reason == "early_stopping" and es is not None:
+            why = (f"early stopping ended it after epoch {self.epoch - 1} ({self.monitor} did not improve for "
+                   f"{es.wait} epochs). To train on: pass a larger patience (or None) with allow_changes=True")
+        elif reason == "max_epochs":
+            why = f"it has trained all {self.epoch} epochs of max_epochs={self.max_epochs}. To train on: raise max_epochs"
+        else:
+            why = f"it stopped ({reason}) after epoch {self.epoch - 1}. To train on: start a new run"
+        self._say(f"run {self.run!r} is already complete ({self.resumed_from.short_id} is its last checkpoint): "
+                  f"{why}, or pass a new run= name to start another run. Nothing was trained")
+        best = self._restore_best() if self.restore_best else self._best()
+        self._mark("completed")
+        return FitResult(self.run, self.epoch, self.global_step, reason, best, self.resumed_from,  # type: ignore[arg-type]
+                         self.resumed_from, self.history, self.early_stopping, already_complete=True)
 
     def _train_epoch(self, signals: StopSignals) -> None:
         loader = self.train_loader
@@ -334,6 +443,7 @@ class Trainer:
                 self.scheduler.step(metrics[self.monitor] if self.monitor else metrics["train_loss"])
             else:
                 self.scheduler.step()
+        best_yet = self._best_so_far(metrics)
         improved = False
         if self.early_stopping is not None:
             improved = self.early_stopping.improves(metrics[self.monitor])  # type: ignore[index]
@@ -346,7 +456,9 @@ class Trainer:
             self.stop_reason = "callback"
         if self.stop_reason is None and self.epoch + 1 >= self.max_epochs:
             self.stop_reason = "max_epochs"
-        info = self._save(metrics=metrics, rng_state=None, mid_epoch=False)
+        due = ((self.epoch + 1) % self.save_every_epochs == 0 or self.stop_reason is not None or best_yet
+               or signals.received is not None)
+        info = self._save(metrics=metrics, rng_state=None, mid_epoch=False) if due else None
         if self._bar is not None:
             self._bar.set_postfix(progress.postfix({"loss": metrics["train_loss"], **metrics}))
         self._close_bar()
@@ -355,6 +467,19 @@ class Trainer:
         self.batches_done, self.loss_sum = 0, 0.0
         if signals.received is not None and self.stop_reason is None:
             self.stop_reason = signals.name
+
+    def _best_so_far(self, metrics: Mapping[str, float]) -> bool:
+        """Whether this epoch's monitored value beats every earlier epoch's (so its checkpoint is the best
+        and is saved even between save_every_epochs)."""
+        if self.monitor is None or self.save_every_epochs == 1:
+            return False
+        value = metrics.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        earlier = [r[self.monitor] for r in self.history if math.isfinite(r.get(self.monitor, math.nan))]
+        if not earlier:
+            return True
+        return value > max(earlier) if self.mode == "max" else value < min(earlier)
 
     def _save(self, *, metrics: dict[str, float] | None, rng_state: dict[str, Any] | None,
               mid_epoch: bool) -> CheckpointInfo:
@@ -426,35 +551,73 @@ class Trainer:
 
 
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterable[Any],
-        evaluate: Callable[[torch.nn.Module], Mapping[str, Any]] | None = None, **kwargs: Any) -> FitResult:
+        evaluate: Callable[[torch.nn.Module], Mapping[str, Any]] | None = None, *, store: Any, run: str,
+        max_epochs: int, monitor: str | None = "val_acc", mode: str | None = None, patience: int | None = 5,
+        min_delta: float = 0.0, min_epochs: int = 0, loss_fn: Callable[..., torch.Tensor] | None = None,
+        scheduler: Any = None, scheduler_interval: str = "epoch", grad_scaler: Any = None, autocast: bool = False,
+        max_grad_norm: float | None = None, resume: Any = "auto", allow_changes: bool = False, parent: Any = None,
+        save_every_steps: int | None = None, save_every_epochs: int = 1,
+        retention: Mapping[str, Any] | RetentionPolicy | None = None, restore_best: bool = True,
+        split: Any = None, stateful: Mapping[str, Any] | None = None, callbacks: Iterable[Any] = (),
+        sanity_check: bool = True, progress: bool | str = "auto", verbose: bool = True,
+        handle_signals: bool = True, exit_on_signal: bool = True) -> FitResult:
     """Train ``model`` with checkpoints in ``store`` under ``run``; resume, stop early, restore the best.
 
-    Required keywords: ``store`` (a CheckpointStore or a path), ``run``, ``max_epochs``.
+    Where and how long:
+        store: a CheckpointStore, or a path/URL to open one.
+        run: the run's name; re-running the script with the same name continues it.
+        max_epochs: epochs in total, over all restarts (raising it continues a finished run).
 
-    Training: ``loss_fn(model(inputs), targets)`` per ``(inputs, targets)`` batch (default cross-entropy;
-    subclass Trainer and override ``train_step`` for anything else), ``scheduler`` stepped per
-    ``scheduler_interval`` ("epoch" or "step"; ReduceLROnPlateau gets the monitored value),
-    ``grad_scaler`` and ``autocast`` for mixed precision, ``max_grad_norm`` for clipping.
+    Training:
+        loss_fn: called as ``loss_fn(model(inputs), targets)`` per ``(inputs, targets)`` batch; default
+            cross-entropy (subclass Trainer and override ``train_step`` for anything else).
+        scheduler, scheduler_interval: stepped per "epoch" (ReduceLROnPlateau gets the monitored value)
+            or per "step".
+        grad_scaler, autocast: mixed precision. max_grad_norm: gradient clipping.
 
-    Validation and stopping: ``evaluate(model)`` returns a dict of metrics after each epoch (run under
-    ``torch.no_grad()`` in eval mode). ``monitor`` names the one early stopping watches (``mode``
-    "max"/"min", inferred from the name when None); ``patience`` (None: never stop early),
-    ``min_delta``, ``min_epochs``. With ``restore_best`` the store's best checkpoint by ``monitor`` is
-    loaded into the model at the end.
+    Validation and stopping:
+        evaluate: ``evaluate(model) -> dict`` of metrics after each epoch (eval mode, no_grad).
+        monitor: the metric early stopping and "best" use (None: neither). mode: "max"/"min", inferred
+            from the name when None. patience (None: never stop early), min_delta, min_epochs: the
+            Keras/Lightning early-stopping rule.
+        sanity_check: on a fresh run, call evaluate once before training so that a monitor it does not
+            return fails at once, before any checkpoint (its RNG draws are undone).
+        restore_best: load the store's best checkpoint by monitor into the model at the end.
 
-    Checkpoints: one per epoch, plus one every ``save_every_steps`` optimizer steps (resumable at that
-    exact batch). ``resume``: "auto" continues from the run's latest good checkpoint (fresh start when
-    none), a selector resumes from that checkpoint (into a new run name to branch), None starts fresh.
-    ``parent`` links a fresh run's first checkpoint to another (e.g. the pretrained one). ``retention``
-    (e.g. ``dict(keep_last=3, keep_best=2)``) prunes after each save. ``split`` (a DataSplit) and
-    ``stateful`` (name -> object with state_dict/load_state_dict) travel with every checkpoint.
+    Checkpoints:
+        save_every_epochs: save every N epochs (default 1); the last epoch, an early stop, a signal and
+            an epoch that beats every earlier one on monitor are saved anyway.
+        save_every_steps: also save every N optimizer steps (resumable at that exact batch).
+        retention: e.g. ``dict(keep_last=3, keep_best=2)`` or a RetentionPolicy; prunes after each save.
+        split: a DataSplit whose indices travel with every checkpoint. stateful: ``{name: obj}`` with
+            state_dict/load_state_dict (an EMA...), saved in every checkpoint.
 
-    Interruptions: SIGTERM/SIGINT finish the current step, save, mark the run and, with
-    ``exit_on_signal``, exit with status 128+signal (otherwise fit returns with ``result.interrupted``).
-    An exception marks the run failed and leaves its last good checkpoint in place.
+    Resuming:
+        resume: "auto" continues the run from its latest good checkpoint (fresh start when it has none);
+            a selector resumes from that checkpoint (into a new run name to branch); None starts fresh
+            (an error if the run has checkpoints).
+        allow_changes: the run's definition (optimizer class and hyperparameters, scheduler settings,
+            loss, early-stopping settings, batch size and dataset size) is saved with its checkpoints; a
+            resume whose setup differs raises RunMismatchError naming each change, unless this is True:
+            then the new settings win and the change is recorded in the checkpoints' ``run_config``. A
+            changed model or split can never be resumed into. A run that already finished trains nothing
+            and returns at once (``result.already_complete``).
+        parent: lineage parent of a fresh run's first checkpoint (e.g. the pretrained checkpoint).
 
-    Output: ``progress`` "auto" draws a tqdm bar per epoch when stderr is a terminal; ``verbose`` prints
-    one line per epoch. ``callbacks``: objects with any of on_fit_start, on_epoch_start, on_step_end,
-    on_epoch_end, on_save(info), on_fit_end(result), each called with the Trainer first.
+    Interruptions and output:
+        handle_signals, exit_on_signal: SIGTERM/SIGINT finish the current step, save, mark the run
+            interrupted and exit with status 128+signal (or, without exit_on_signal, return with
+            ``result.interrupted``). An exception marks the run failed and keeps its last good checkpoint.
+        progress: "auto" draws a tqdm bar per epoch when stderr is a terminal. verbose: one line per epoch.
+        callbacks: objects with any of on_fit_start, on_epoch_start, on_step_end, on_epoch_end,
+            on_save(info), on_fit_end(result), each called with the Trainer first.
     """
-    return Trainer(model, optimizer, train_loader, evaluate, **kwargs).fit()
+    return Trainer(model, optimizer, train_loader, evaluate, store=store, run=run, max_epochs=max_epochs,
+                   monitor=monitor, mode=mode, patience=patience, min_delta=min_delta, min_epochs=min_epochs,
+                   loss_fn=loss_fn, scheduler=scheduler, scheduler_interval=scheduler_interval,
+                   grad_scaler=grad_scaler, autocast=autocast, max_grad_norm=max_grad_norm, resume=resume,
+                   allow_changes=allow_changes, parent=parent, save_every_steps=save_every_steps,
+                   save_every_epochs=save_every_epochs, retention=retention, restore_best=restore_best,
+                   split=split, stateful=stateful, callbacks=callbacks, sanity_check=sanity_check,
+                   progress=progress, verbose=verbose, handle_signals=handle_signals,
+                   exit_on_signal=exit_on_signal).fit()

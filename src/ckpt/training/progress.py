@@ -41,8 +41,9 @@ def summary(epoch: int, metrics: Mapping[str, float], *, best: bool, saved: Any 
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+    """Binary units, like the command line's (KiB, MiB, GiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1024  # type: ignore[assignment]
     return f"{n} B"  # pragma: no cover
