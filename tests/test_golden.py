@@ -137,3 +137,28 @@ def test_golden_stores_are_self_contained_and_small():
 def test_the_current_format_has_a_golden_store():
     """Bumping the format means adding tests/golden/format-N (see make_golden.py); old ones stay."""
     assert f"format-{mf.FORMAT}" in FORMATS
+
+
+def test_format_1_store_upgrades_to_format_2_and_restores_bit_exact(tmp_path):
+    loc = str(tmp_path / "old")
+    shutil.copytree(os.path.join(GOLDEN, "format-1", make_golden.STORE), loc)
+    exp = expected_of("format-1")
+    res = CliRunner().invoke(cli, ["--store", loc, "upgrade", "--dry-run"])
+    assert res.exit_code == 0 and f"would rewrite {len(exp['checkpoints'])}" in res.output, res.output
+    res = CliRunner().invoke(cli, ["--store", loc, "upgrade"])
+    assert res.exit_code == 0 and f"rewrote {len(exp['checkpoints'])}" in res.output, res.output
+    names = os.listdir(os.path.join(loc, "manifests"))
+    assert names and all(n.endswith(".ckpt") for n in names)
+    with CheckpointStore(loc) as store:
+        infos = store.list()
+        assert [i.id for i in infos] == [c["id"] for c in exp["checkpoints"]]
+        for info, c in zip(infos, exp["checkpoints"]):
+            assert (info.run, info.epoch, info.step, info.parent, info.format) == \
+                (c["run"], c["epoch"], c["step"], c["parent"], 2)
+            assert make_golden.describe(store.load(info.id)) == c["state"]
+        assert store.verify(full=True).ok
+        assert store.upgrade().upgraded == []  # nothing left to do
+    os.unlink(os.path.join(loc, "index.sqlite"))
+    with CheckpointStore(loc) as store:  # the upgraded store rebuilds its index from format 2 alone
+        assert [i.id for i in store.list()] == [c["id"] for c in exp["checkpoints"]]
+        assert store.get("golden-best").id == exp["tags"]["golden-best"]

@@ -70,3 +70,8 @@ def test_kill_during_migration_leaves_old_schema_then_recovers(tmp_path):
     store.save("r", 0, {"x": torch.ones(1)})
     with store.index.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_heads() == (head_revision(),)
+
+
+def test_head_constant_is_alembics_head():
+    from ckpt.catalog.migrate import HEAD
+    assert HEAD == head_revision()  # bump HEAD with every new migration

@@ -470,7 +470,9 @@ def test_unsupported_values_are_refused_at_flatten_naming_path(name: str) -> Non
 
 
 def test_oversized_skeleton_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt.format import unpickle
     monkeypatch.setattr(skeleton_module, "MAX_SKELETON_BYTES", 1000)
+    monkeypatch.setattr(unpickle, "MAX_SKELETON_BYTES", 1000)
     with pytest.raises(UnsupportedTypeError, match="limit"):
         flatten({"blob": b"x" * 2000})
     with pytest.raises(CorruptCheckpointError, match="limit"):

@@ -17,65 +17,21 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ckpt import refs, sync, writer
-from ckpt.catalog import Catalog, writes
+from ckpt.catalog import writes
 from ckpt.catalog.queries import HOST, now
-from ckpt.errors import CkptError, CorruptCheckpointError, MissingBlobError, UnsafeMetadataError
+from ckpt.context import Context
+from ckpt.errors import CkptError
 from ckpt.format import manifest as mf
+from ckpt.recovery import recover, settle
 from ckpt.snapshot import Snapshot
 
 log = logging.getLogger("ckpt")
-
-
-class Context:
-    """What the protocol needs: storage, its locks, the catalog, and a cache of immutable manifests."""
-
-    def __init__(self, storage: Any, catalog: Catalog, locks: Any, store_id: str, cache_size: int = 8) -> None:
-        self.storage, self.catalog, self.locks, self.store_id = storage, catalog, locks, store_id
-        self._manifests: OrderedDict[str, mf.Manifest] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def manifest(self, checkpoint_id: str, fmt: int | None = None, *, structure: bool = True) -> mf.Manifest:
-        """A manifest, validated; with ``structure`` its skeleton too (unpickled once, then cached)."""
-        with self._lock:
-            m = self._manifests.get(checkpoint_id)
-            if m is not None:
-                self._manifests.move_to_end(checkpoint_id)
-        if m is not None:
-            if structure:
-                m.structure()
-            return m
-        if fmt is None:
-            fmt = self.catalog.committed_format(checkpoint_id)
-        try:
-            data = self.storage.read(mf.path_for(checkpoint_id, fmt or 2), mf.MAX_MANIFEST_BYTES)
-        except MissingBlobError:
-            if fmt is not None:
-                raise
-            data = self.storage.read(mf.path_for(checkpoint_id, 1), mf.MAX_MANIFEST_BYTES)
-        m = mf.decode(data, expected_id=checkpoint_id)
-        if structure:
-            m.structure()
-        self.remember(m)
-        return m
-
-    def remember(self, m: mf.Manifest) -> None:
-        with self._lock:
-            self._manifests[m.id] = m
-            while len(self._manifests) > self._cache_size:
-                self._manifests.popitem(last=False)
-
-    def forget(self, checkpoint_id: str) -> None:
-        with self._lock:
-            self._manifests.pop(checkpoint_id, None)
 
 
 def hold(checkpoint_id: str) -> None:
@@ -197,43 +153,6 @@ def _abandon(ctx: Context, ckpt_id: str, published: list[str]) -> None:
         ctx.catalog.write(writes.release, ckpt_id, durable=False)
     except Exception as exc:  # pragma: no cover - the original error matters more; recovery cleans up
         log.warning("could not clean up failed save %s: %s", ckpt_id[:12], exc)
-
-
-def settle(ctx: Context, checkpoint_id: str) -> bool:
-    """A pending row whose writer is gone: roll it forward if its manifest is durable (returns True),
-    else drop it. A manifest that is damaged or unsafe is never trusted: the row is dropped."""
-    for fmt in (2, 1):
-        try:
-            m = sync.read_manifest(ctx.storage, checkpoint_id, fmt, structure=True)
-            m.structure()
-        except MissingBlobError:
-            continue
-        except (CorruptCheckpointError, UnsafeMetadataError) as exc:
-            ctx.catalog.write(writes.release, checkpoint_id)
-            log.warning("dropped unfinished save %s: its manifest is damaged or unsafe (%s)", checkpoint_id[:12], exc)
-            return False
-        ctx.catalog.write(writes.ingest, m)
-        log.info("rolled forward save %s of run %r (its writer stopped after the manifest)", checkpoint_id[:12], m.run)
-        return True
-    ctx.catalog.write(writes.release, checkpoint_id)
-    log.info("dropped unfinished save %s (its writer died before the manifest)", checkpoint_id[:12])
-    return False
-
-
-def recover(ctx: Context) -> int:
-    """Finish or undo what dead writers left half done. Returns how many checkpoints it touched."""
-    touched = 0
-    for row in ctx.catalog.pending():
-        if row.status == "pending" and writes.writer_gone(row.host, row.pid, row.created_at, row.id):
-            settle(ctx, row.id)
-            touched += 1
-    leftovers = [row.id for row in ctx.catalog.pending() if row.status == "deleting"
-                 and writes.writer_gone(row.host, row.pid, row.created_at)]
-    if leftovers:  # format 1's deletions in progress: finish them under the new protocol
-        from ckpt.deletion import delete_checkpoints
-        delete_checkpoints(ctx, leftovers, free=False, statuses=("deleting",))
-        touched += len(leftovers)
-    return touched
 
 
 class Parts:

@@ -66,7 +66,7 @@ class StoreFiles:
 
     def bind(self, ctx: Any, *, readonly: bool) -> None:
         """Check the index belongs to this store, finish dead writers' work, bring the index up to date."""
-        from ckpt import commit, sync
+        from ckpt import recovery, sync
         cat = ctx.catalog
         owner = cat.meta("store_id")
         if owner is not None and owner != self.store_id:
@@ -85,7 +85,7 @@ class StoreFiles:
             return
         if owner is None:
             cat.set_meta("store_id", self.store_id)
-        commit.recover(ctx)
+        recovery.recover(ctx)
         generation = ctx.locks.generation()
         if cat.empty():
             if sync.listing(ctx.storage):

@@ -1,4 +1,7 @@
-"""CheckpointStore: the public facade. It orchestrates; the modules it calls do the work (no SQL here)."""
+"""CheckpointStore: the public facade. It orchestrates; the modules it calls do the work (no SQL here).
+
+Importing it does not import torch: the modules that need torch (saving, loading) are imported by the
+methods that use them, so the CLI's read commands and tag/untag answer in a fraction of a second."""
 
 from __future__ import annotations
 
@@ -8,23 +11,21 @@ import os
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ckpt import commit, refs, run_exit, validation
+from ckpt import refs, run_exit, validation
 from ckpt.catalog import Catalog
-from ckpt.commit import Context
+from ckpt.context import Context
 from ckpt.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError, InvalidArgumentError,
                          MissingBlobError, ReadOnlyStoreError)
 from ckpt.format import manifest as mf
-from ckpt.lazy import LazyCheckpoint
 from ckpt.locks import Locks
 from ckpt.metrics import check_mode, resolve_mode, to_float
 from ckpt.opening import StoreFiles, open_catalog, open_files
-from ckpt.reader import load_into as _load_into
-from ckpt.reader import load_state
 from ckpt.records import CheckpointDiff, CheckpointInfo, LoadReport, RunInfo, VerifyReport
-from ckpt.snapshot import take
-from ckpt.staging import Staging
+
+if TYPE_CHECKING:
+    from ckpt.lazy import LazyCheckpoint
 
 log = logging.getLogger("ckpt")
 COMPRESSION = ("auto", "none", "zstd")
@@ -75,7 +76,7 @@ class CheckpointStore:
         self._ctx = Context(self.storage, self.catalog, self.locks, self.store_id)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: PendingSave | None = None
-        self._staging = Staging()
+        self._staging: Any = None  # ckpt.staging.Staging, made by the first asynchronous save
         self._files.bind(self._ctx, readonly=readonly)
 
     # -- compatibility handles ------------------------------------------------------------------
@@ -102,6 +103,13 @@ class CheckpointStore:
         from ckpt.opening import has_store
         return has_store(location, storage_options)
 
+    @staticmethod
+    def check_state(state: Any) -> None:
+        """Raise UnsupportedTypeError, naming the key path, if ``state`` holds something ckpt cannot store
+        (what save would refuse), without storing anything."""
+        from ckpt.format.skeleton import flatten
+        flatten(state)
+
     def close(self) -> None:
         try:
             self.wait()
@@ -109,7 +117,8 @@ class CheckpointStore:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-            self._staging.release()
+            if self._staging is not None:
+                self._staging.release()
             self.catalog.close()
 
     def __enter__(self) -> "CheckpointStore":
@@ -150,9 +159,13 @@ class CheckpointStore:
             tags = (tags,)
         tags = tuple(validation.tag_name(t) for t in tags)
         parent_id = self._parent_id(parent) if parent is not None else None
+        from ckpt.snapshot import take
         if blocking:
             return self._persist(run, epoch, take(state), metric_values, step, variant, parent_id, parent is None,
                                  tags)
+        if self._staging is None:
+            from ckpt.staging import Staging
+            self._staging = Staging()
         snap = take(state, self._staging)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
@@ -163,6 +176,7 @@ class CheckpointStore:
 
     def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None, variant: str,
                  parent: str | None, default_parent: bool, tags: tuple[str, ...]) -> CheckpointInfo:
+        from ckpt import commit
         m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step, variant=variant,
                         parent=parent, default_parent=default_parent, tags=tags, compress=self._compress)
         self.track_run(run)
@@ -187,6 +201,7 @@ class CheckpointStore:
 
     def open(self, selector: Any = "latest", *, run: str | None = None) -> LazyCheckpoint:
         """A lazy view of one checkpoint: tensors are read (and checked) one at a time, on access."""
+        from ckpt.lazy import LazyCheckpoint
         info = self.get(selector, run=run)
         return LazyCheckpoint(self.storage, self._ctx.manifest(info.id, info.format), info)
 
@@ -218,6 +233,7 @@ class CheckpointStore:
         forms a damaged checkpoint is skipped, with a warning, for the next one; ``with_info=True``
         returns ``(state, CheckpointInfo)`` so the caller knows which one it got.
         """
+        from ckpt.reader import load_state
         used: list[mf.Manifest] = []
 
         def work(m: mf.Manifest) -> Any:
@@ -231,6 +247,7 @@ class CheckpointStore:
     def load_into(self, target: Any, selector: Any = "latest", *, key: Any = "model", strict: bool = True,
                   run: str | None = None, verify: bool | str = True) -> LoadReport:
         """Restore into existing tensors in place (a module, a dict of tensors, or an optimizer)."""
+        from ckpt.reader import load_into as _load_into
         out: list[Any] = []
 
         def work(m: mf.Manifest) -> Any:
@@ -398,6 +415,14 @@ class CheckpointStore:
             self._writable()
         from ckpt.gc import collect
         return collect(self._ctx, dry_run=dry_run, grace_seconds=grace_seconds)
+
+    def upgrade(self, *, dry_run: bool = False):  # type: ignore[no-untyped-def]
+        """Rewrite format-1 manifests as format 2 (same checkpoints, ids and packs); returns an
+        UpgradeReport (upgraded ids, skipped ones with the reason). New saves always write format 2."""
+        if not dry_run:
+            self._writable()
+        from ckpt.upgrade import upgrade
+        return upgrade(self._ctx, dry_run=dry_run)
 
     def diff(self, a: Any, b: Any, *, only: Any = None) -> CheckpointDiff:
         """What changed between two checkpoints; unchanged tensors are recognised by hash, unread.

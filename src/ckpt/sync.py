@@ -70,7 +70,7 @@ def sync(ctx: Any, *, generation: int | None = None, packs: bool = True) -> Sync
             continue  # a save in flight (or a dead one: recovery settles it)
         try:
             m = read_manifest(ctx.storage, cid, on_storage[cid], structure=True)
-            m.structure()  # an unsafe or damaged skeleton is never indexed (it would be "latest")
+            m.check_structure()  # an unsafe or damaged skeleton is never indexed (it would be "latest")
             manifests.append(m)
         except CkptError as exc:
             report.skipped.append((mf.path_for(cid, on_storage[cid]), str(exc)))

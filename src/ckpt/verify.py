@@ -27,7 +27,7 @@ def verify_store(ctx: Any, *, full: bool) -> VerifyReport:
         label = f"{info.run}@{info.epoch}" if info else cid[:12]
         try:
             m = sync.read_manifest(ctx.storage, cid, fmt, structure=True)
-            m.structure()  # the skeleton must be readable (and safe) too
+            m.check_structure()  # the skeleton must be readable (and safe) too
         except CkptError as exc:
             report.problems.append(Problem("bad-manifest", cid, f"{label}: {exc}"))
             continue

@@ -10,25 +10,37 @@ there too a killed migration leaves the old schema or the new one, never half of
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ckpt.errors import IndexCorruptError, SchemaVersionError, StorageError
 from ckpt.catalog.engine import Index
+from ckpt.errors import IndexCorruptError, SchemaVersionError, StorageError
+
+#: The newest revision in migrations/versions (a test checks it against Alembic's own answer). Opening an
+#: index that is already there needs no Alembic at all: importing it costs a CLI command ~0.1 s.
+HEAD = "0002"
 
 
-def _config() -> Config:
+def _config() -> Any:
+    from alembic.config import Config
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("ckpt.migrations")))
     return cfg
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
     return ScriptDirectory.from_config(_config()).get_current_head()  # type: ignore[return-value]
+
+
+def _read_revision(conn: Any) -> str | None:
+    """The revision recorded in ``alembic_version`` (None for an empty database), read with plain SQL."""
+    from sqlalchemy import inspect
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    return rows[0][0] if rows else None
 
 
 def _damaged(exc: DatabaseError) -> bool:
@@ -45,7 +57,7 @@ def _corrupt(index: Index, exc: DatabaseError) -> IndexCorruptError:
 def current_revision(index: Index) -> str | None:
     try:
         with index.engine.connect() as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
+            return _read_revision(conn)
     except OperationalError as exc:
         if index.dialect == "sqlite" and _damaged(exc):
             raise _corrupt(index, exc) from exc
@@ -54,17 +66,17 @@ def current_revision(index: Index) -> str | None:
                            f"credentials are right") from exc
     except DatabaseError as exc:
         raise _corrupt(index, exc) from exc
-    return heads[0] if heads else None
 
 
 def ensure_schema(index: Index, *, readonly: bool) -> None:
     """Bring the index to the head revision, or explain why it cannot be used."""
+    current = current_revision(index)
+    if current == HEAD:
+        return
+    from alembic.script import ScriptDirectory
     script = ScriptDirectory.from_config(_config())
     head = script.get_current_head()
     known = {rev.revision for rev in script.walk_revisions()}
-    current = current_revision(index)
-    if current == head:
-        return
     if current is not None and current not in known:
         raise _newer(index, current, head)
     if readonly:  # read-only opens write nothing: the caller reads through a rebuilt in-memory index
@@ -99,11 +111,11 @@ def _upgrade_sqlite_file(index: Index, head: str, known: set[str]) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                heads = MigrationContext.configure(conn).get_current_heads()
-                current = heads[0] if heads else None
+                current = _read_revision(conn)
                 if current != head:
                     if current is not None and current not in known:
                         raise _newer(index, current, head)
+                    from alembic import command
                     cfg = _config()
                     cfg.attributes["connection"] = conn
                     command.upgrade(cfg, "head")
@@ -122,12 +134,12 @@ def _upgrade_sqlite_file(index: Index, head: str, known: set[str]) -> None:
 def _upgrade(session, index: Index, head: str, known: set[str]) -> None:  # type: ignore[no-untyped-def]
     """Inside the write lock: look again (another process may have migrated meanwhile), then upgrade."""
     conn = session.connection()  # begins the transaction, taking the writers' lock
-    heads = MigrationContext.configure(conn).get_current_heads()
-    current = heads[0] if heads else None
+    current = _read_revision(conn)
     if current == head:
         return
     if current is not None and current not in known:  # a newer ckpt migrated while we waited
         raise _newer(index, current, head)
+    from alembic import command
     cfg = _config()
     cfg.attributes["connection"] = conn  # one transaction: a kill leaves old or new, never half
     command.upgrade(cfg, "head")

@@ -6,6 +6,7 @@ import os
 import socket
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
@@ -57,10 +58,42 @@ def info(row: Checkpoint) -> CheckpointInfo:
         variant=row.variant or "", format=row.format or 1)
 
 
+_INFO_COLUMNS = (Checkpoint.id, Run.name, Checkpoint.epoch, Checkpoint.step, Checkpoint.content_hash,
+                 Checkpoint.parent_id, Checkpoint.created_at, Checkpoint.logical_size, Checkpoint.new_bytes,
+                 Checkpoint.status, Checkpoint.variant, Checkpoint.format)
+
+
+def infos(s: Session, ids: list[str]) -> list[CheckpointInfo]:
+    """CheckpointInfo of ``ids``, in that order, in three set-based queries (no per-row loading)."""
+    rows: dict[str, Any] = {}
+    metrics: dict[str, dict[str, float]] = defaultdict(dict)
+    tags: dict[str, list[str]] = defaultdict(list)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for r in s.execute(select(*_INFO_COLUMNS).join(Run, Run.id == Checkpoint.run_id)
+                           .where(Checkpoint.id.in_(chunk))):
+            rows[r[0]] = r
+        for cid, name, raw in s.execute(select(Metric.checkpoint_id, Metric.name, Metric.raw)
+                                        .where(Metric.checkpoint_id.in_(chunk)).order_by(Metric.position)):
+            metrics[cid][name] = float(raw)
+        for cid, name in s.execute(select(Tag.checkpoint_id, Tag.name).where(Tag.checkpoint_id.in_(chunk))):
+            tags[cid].append(name)
+    out = []
+    for cid in ids:
+        r = rows.get(cid)
+        if r is None:
+            continue
+        out.append(CheckpointInfo(
+            id=r[0], run=r[1], epoch=r[2], step=r[3], metrics=metrics.get(cid, {}), content_hash=r[4] or "",
+            parent=r[5], created_at=as_utc(r[6]), logical_size=r[7], new_bytes=r[8],
+            tags=tuple(sorted(tags.get(cid, ()))), status=r[9], variant=r[10] or "", format=r[11] or 1))
+    return out
+
+
 def list_checkpoints(s: Session, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
                      tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
     """Committed checkpoints, oldest first; with ``sort=METRIC``, best first (NaN and missing last)."""
-    q = select(Checkpoint).where(Checkpoint.status == "committed")
+    q = select(Checkpoint.id).where(Checkpoint.status == "committed")
     if run is not None:
         q = q.where(Checkpoint.run_id == Resolver(s).run_row(run).id)
     if tag is not None:
@@ -77,18 +110,18 @@ def list_checkpoints(s: Session, run: str | None = None, sort: str | None = None
         ranked = q.join(Metric, and_(Metric.checkpoint_id == Checkpoint.id, Metric.name == sort)) \
             .where(Metric.value.is_not(None)) \
             .order_by(Metric.value.desc() if mode == "max" else Metric.value.asc(), Checkpoint.seq)
-        rows = list(s.scalars(ranked.limit(limit) if limit is not None else ranked))
-        if limit is None or len(rows) < limit:
+        ids = list(s.scalars(ranked.limit(limit) if limit is not None else ranked))
+        if limit is None or len(ids) < limit:
             m = aliased(Metric)
             rest = q.outerjoin(m, and_(m.checkpoint_id == Checkpoint.id, m.name == sort)) \
                 .where(m.value.is_(None)).order_by(Checkpoint.seq)
             if limit is not None:
-                rest = rest.limit(limit - len(rows))
-            rows += list(s.scalars(rest))
-        return [info(r) for r in rows]
+                rest = rest.limit(limit - len(ids))
+            ids += list(s.scalars(rest))
+        return infos(s, ids)
     if limit is not None:
         q = q.limit(limit)
-    return [info(r) for r in s.scalars(q)]
+    return infos(s, list(s.scalars(q)))
 
 
 def runs(s: Session) -> list[RunInfo]:

@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -266,6 +265,7 @@ def ingest(s: Session, m: Manifest, pack_sizes: dict[str, int] | None = None, ta
 
 
 def _insert_tensors(s: Session, m: Manifest, packs: list[str]) -> None:
+    import numpy as np
     t = m.table
     wanted = np.isin(t.rows["pack"], [t.packs.index(p) for p in packs])
     seen: set[tuple[str, str]] = set()

@@ -49,9 +49,9 @@ class Ctx:
 
 def _store_exists(location: str) -> bool:
     """Whether ``location`` holds a store, looking only at its marker file (no index is opened)."""
-    from ckpt.opening import has_store
+    from ckpt.store import CheckpointStore
     try:
-        return has_store(location)
+        return CheckpointStore.exists(location)
     except Exception:  # unreachable or malformed: let the real open report it
         return True
 

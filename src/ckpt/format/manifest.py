@@ -32,7 +32,6 @@ from functools import cached_property
 from typing import Any, NamedTuple, Sequence
 
 import blake3
-import numpy as np
 
 from ckpt.errors import CorruptCheckpointError
 from ckpt.format.dtypes import ITEMSIZE
@@ -52,11 +51,34 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _PREFIX = struct.Struct("<8sQ")
 _CONTENT_DOMAIN = b"ckpt-content-v3\0"
 
-SLOT_DTYPE = np.dtype([
+SLOT_FIELDS = [
     ("hash", "V32"), ("check", "V16"), ("offset", "<u8"), ("length", "<u8"), ("nbytes", "<u8"),
     ("pack", "<u4"), ("dims_at", "<u4"), ("dtype", "u1"), ("codec", "u1"), ("kind", "u1"), ("ndim", "u1"),
-])
-assert SLOT_DTYPE.itemsize == 84
+]
+SLOT_SIZE = 84
+
+
+def _np():  # type: ignore[no-untyped-def]
+    """NumPy, imported on first use: listing checkpoints never needs it (the CLI starts faster)."""
+    import numpy
+    return numpy
+
+
+def slot_dtype():  # type: ignore[no-untyped-def]
+    global _SLOT_DTYPE
+    if _SLOT_DTYPE is None:
+        _SLOT_DTYPE = _np().dtype(SLOT_FIELDS)
+        assert _SLOT_DTYPE.itemsize == SLOT_SIZE
+    return _SLOT_DTYPE
+
+
+_SLOT_DTYPE = None
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    if name == "SLOT_DTYPE":
+        return slot_dtype()
+    raise AttributeError(name)
 
 
 class Slot(NamedTuple):
@@ -83,8 +105,8 @@ def _need(cond: Any, what: str) -> None:
 class SlotTable:
     """Every slot of a manifest as columns; ``slots`` builds the row objects on first use."""
 
-    rows: np.ndarray  # SLOT_DTYPE
-    dims: np.ndarray  # int64, the shapes back to back
+    rows: Any  # np.ndarray of SLOT_DTYPE
+    dims: Any  # np.ndarray, int64: the shapes back to back
     packs: tuple[str, ...]
     dtypes: tuple[str, ...]
 
@@ -117,10 +139,11 @@ class SlotTable:
     @classmethod
     def build(cls, slots: Sequence[Slot]) -> "SlotTable":
         """A table from row objects (the save path and format-1 manifests)."""
+        np = _np()
         n = len(slots)
         packs: dict[str, int] = {}
         dtypes: dict[str, int] = {}
-        rows = np.zeros(n, dtype=SLOT_DTYPE)
+        rows = np.zeros(n, dtype=slot_dtype())
         if n:
             rows["hash"] = np.frombuffer(bytes.fromhex("".join(s.hash for s in slots)), dtype="V32")
             rows["check"] = np.frombuffer(bytes.fromhex("".join(s.check for s in slots)), dtype="V16")
@@ -141,6 +164,7 @@ class SlotTable:
 
     def validate(self, pack_sizes: dict[str, int] | None = None) -> None:
         """Every column in range, every shape holding exactly ``nbytes``, every range inside its pack."""
+        np = _np()
         r, n = self.rows, len(self.rows)
         for name in self.dtypes:
             _need(name in ITEMSIZE, f"unknown tensor dtype {name!r}")
@@ -184,7 +208,7 @@ class SlotTable:
         return h.hexdigest()
 
 
-def _hex_column(column: np.ndarray, width: int) -> list[str]:
+def _hex_column(column: Any, width: int) -> list[str]:
     text = binascii.hexlify(column.tobytes()).decode("ascii")
     step = 2 * width
     return [text[i:i + step] for i in range(0, len(text), step)]
@@ -231,17 +255,42 @@ class Manifest:
         if cached is None:
             from ckpt.format.skeleton import load_structure
             cached = load_structure(self.skeleton, len(self.table))
-            leaves = _leaves(cached)
-            _need({slot for _, slot in leaves} == set(range(len(self.table))),
-                  "the skeleton's tensors do not match the slot table")
+            self._remember_leaves(cached)
             self.__dict__["_structure"] = cached
-            self.__dict__["leaves"] = leaves
         return cached
+
+    def plain_structure(self) -> Any:
+        """The skeleton read without torch (torch.Size as a tuple, dtypes and devices as strings): what
+        the CLI's read commands and the web view need, at a fraction of the cost of importing torch."""
+        cached = self.__dict__.get("_structure") or self.__dict__.get("_plain")
+        if cached is None:
+            from ckpt.format.unpickle import load_structure
+            cached = load_structure(self.skeleton, len(self.table), plain=True)
+            self._remember_leaves(cached)
+            self.__dict__["_plain"] = cached
+        return cached
+
+    def check_structure(self) -> None:
+        """Validate the skeleton (allowlist, shape, placeholders) once: with torch when it is loaded
+        anyway (the structure is then reused by the load), else without."""
+        import sys
+        if "torch" in sys.modules:
+            self.structure()
+        else:
+            self.plain_structure()
+
+    def _remember_leaves(self, structure: Any) -> None:
+        if "leaves" in self.__dict__:
+            return
+        leaves = _leaves(structure)
+        _need({slot for _, slot in leaves} == set(range(len(self.table))),
+              "the skeleton's tensors do not match the slot table")
+        self.__dict__["leaves"] = leaves
 
     @cached_property
     def leaves(self) -> tuple[tuple[tuple, int], ...]:
         """(key path, slot) for every tensor leaf, in traversal order; two paths with one slot are tied."""
-        self.structure()
+        self.plain_structure()
         return self.__dict__["leaves"]
 
     def header(self) -> dict[str, Any]:
@@ -263,7 +312,7 @@ def _key_form(k: Any) -> Any:
 
 
 def _leaves(structure: Any) -> tuple[tuple[tuple, int], ...]:
-    from ckpt.format.skeleton import TensorSlot
+    from ckpt.format.unpickle import TensorSlot
     out: list[tuple[tuple, int]] = []
 
     def walk(obj: Any, path: tuple) -> None:
@@ -387,16 +436,17 @@ def decode(data: bytes, expected_id: str | None = None) -> Manifest:
           "(edited or damaged)")
     fields = check_header(head, expected_id)
     n, ndims, nskel = (_int(head.get(k), k) for k in ("slots", "dims", "skeleton"))
-    _need(8 * ndims + SLOT_DTYPE.itemsize * n + nskel == len(body), "section sizes do not add up")
+    _need(8 * ndims + SLOT_SIZE * n + nskel == len(body), "section sizes do not add up")
     packs_raw = head.get("packs")
     _need(isinstance(packs_raw, list) and all(isinstance(p, list) and len(p) == 2 for p in packs_raw), "bad packs")
     packs = tuple(_text(p, "pack id", 32) for p, _ in packs_raw)
     sizes = {p: _int(s, "pack size") for p, s in packs_raw}
     dtypes = head.get("dtypes")
     _need(isinstance(dtypes, list) and all(isinstance(d, str) for d in dtypes) and len(dtypes) <= 256, "bad dtypes")
+    np = _np()
     dims = np.frombuffer(body, dtype="<i8", count=ndims)
-    rows = np.frombuffer(body, dtype=SLOT_DTYPE, count=n, offset=8 * ndims)
-    skeleton = bytes(body[8 * ndims + SLOT_DTYPE.itemsize * n:])
+    rows = np.frombuffer(body, dtype=slot_dtype(), count=n, offset=8 * ndims)
+    skeleton = bytes(body[8 * ndims + SLOT_SIZE * n:])
     table = SlotTable(rows, dims, packs, tuple(dtypes))
     table.validate(sizes)
     _need(table.content_hash(skeleton) == fields["content_hash"], "content hash does not match its slots")

@@ -68,9 +68,9 @@ def _file_entry(path: str) -> dict[str, Any]:
         except Exception:  # pickles of arbitrary objects (training_args.bin, some rng states): keep bytes
             state = None
         if state is not None:
-            from ckpt.format.skeleton import flatten
+            from ckpt import CheckpointStore
             try:
-                flatten(state)  # refuse at save time what ckpt could not store
+                CheckpointStore.check_state(state)  # refuse at save time what ckpt could not store
                 return {"kind": "torch", "state": state}
             except (UnsupportedTypeError, CkptError):
                 pass
