@@ -66,7 +66,7 @@ def flatten(state: Any) -> Flattened:
         raise UnsupportedTypeError(
             f"the state's non-tensor part pickles to {len(skeleton)} bytes, over the "
             f"{MAX_SKELETON_BYTES}-byte limit; store bulky data as tensors or numpy arrays")
-    if walk.nodes > _max_nodes(len(skeleton)) or walk.nodes > 16 * len(walk.containers) + 4096:
+    if walk.nodes > _max_nodes(len(skeleton)) or walk.visits > 16 * len(walk.containers) + 4096:
         raise UnsupportedTypeError(
             f"the state reuses the same containers at so many places that it expands to "
             f"{walk.nodes} values, which loading would refuse; store each container once")
@@ -103,6 +103,7 @@ class _Flattener:
         self._open: set[int] = set()  # ids of the containers we are inside, to catch cycles
         self.nodes = 0  # size of the state as a tree (shared containers count at every path)
         self.containers: set[int] = set()  # distinct containers (a skeleton has no memo: sharing expands)
+        self.visits = 0  # containers entered, counting a shared one at every place it appears
 
     def visit(self, obj: Any, path: tuple, context: str, depth: int) -> None:
         self.nodes += 1  # counted exactly as _TreeCheck counts them at load time
@@ -128,6 +129,7 @@ class _Flattener:
 
     def _visit_container(self, obj: Any, path: tuple, context: str, depth: int) -> None:
         self.containers.add(id(obj))
+        self.visits += 1
         if id(obj) in self._open:
             raise UnsupportedTypeError(
                 f"{_where(path, context)} contains itself (a reference cycle); ckpt stores trees")
