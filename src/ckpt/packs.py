@@ -32,10 +32,14 @@ class Location:
     codec: str
 
 
+_ENTRY_FIXED = len('"":{"dtype":"F8_E4M3FNUZ","shape":,"data_offsets":[,]},') + 64 + 2 * 20
+
+
 def entry_bound(shape: tuple[int, ...], nbytes: int) -> int:
-    """Upper bound on one entry's JSON size in the header, whichever form it takes."""
-    dims = max(len(json.dumps(list(shape))), len(json.dumps([nbytes])))
-    return len('"":{"dtype":"F8_E4M3FNUZ","shape":,"data_offsets":[,]},') + 64 + dims + 2 * 20
+    """Upper bound on one entry's JSON size in the header, whichever form it takes (the JSON of
+    ``[d0, d1]`` is 2 brackets, the digits and ", " between)."""
+    dims = 2 + sum(len(str(d)) for d in shape) + 2 * max(len(shape) - 1, 0)
+    return _ENTRY_FIXED + max(dims, 2 + len(str(nbytes)))
 
 
 class PackWriter:

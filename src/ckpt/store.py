@@ -159,14 +159,17 @@ class CheckpointStore:
             tags = (tags,)
         tags = tuple(validation.tag_name(t) for t in tags)
         parent_id = self._parent_id(parent) if parent is not None else None
+        from ckpt.quiet_gc import paused
         from ckpt.snapshot import take
         if blocking:
-            return self._persist(run, epoch, take(state), metric_values, step, variant, parent_id, parent is None,
-                                 tags)
+            with paused():
+                return self._persist(run, epoch, take(state), metric_values, step, variant, parent_id,
+                                     parent is None, tags)
         if self._staging is None:
             from ckpt.staging import Staging
             self._staging = Staging()
-        snap = take(state, self._staging)
+        with paused():
+            snap = take(state, self._staging)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
         future = self._pool.submit(self._persist, run, epoch, snap, metric_values, step, variant, parent_id,
@@ -177,8 +180,11 @@ class CheckpointStore:
     def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None, variant: str,
                  parent: str | None, default_parent: bool, tags: tuple[str, ...]) -> CheckpointInfo:
         from ckpt import commit
-        m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step, variant=variant,
-                        parent=parent, default_parent=default_parent, tags=tags, compress=self._compress)
+        from ckpt.quiet_gc import paused
+        with paused():
+            m = commit.save(self._ctx, run=run, epoch=epoch, snap=snap, metrics=metrics, step=step,
+                            variant=variant, parent=parent, default_parent=default_parent, tags=tags,
+                            compress=self._compress)
         self.track_run(run)
         return self.get(m.id)
 
@@ -237,7 +243,9 @@ class CheckpointStore:
         used: list[mf.Manifest] = []
 
         def work(m: mf.Manifest) -> Any:
-            state = load_state(self.storage, m, key=key, map_location=map_location, verify=verify)
+            from ckpt.quiet_gc import paused
+            with paused():
+                state = load_state(self.storage, m, key=key, map_location=map_location, verify=verify)
             used.append(m)
             return state
 
@@ -251,8 +259,10 @@ class CheckpointStore:
         out: list[Any] = []
 
         def work(m: mf.Manifest) -> Any:
+            from ckpt.quiet_gc import paused
             out.append(m)
-            return _load_into(self.storage, m, target, key=key, strict=strict, verify=verify)
+            with paused():
+                return _load_into(self.storage, m, target, key=key, strict=strict, verify=verify)
 
         missing, unexpected, loaded = self._with_fallback(selector, run, work)
         return LoadReport(missing, unexpected, loaded, self.get(out[-1].id))

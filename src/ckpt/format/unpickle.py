@@ -175,26 +175,38 @@ def _scan_opcodes(data: bytes) -> None:
 
     Reads the whole stream so that a refused global is named even when it comes after some
     other refused opcode (old-protocol pickles start with PUT). Arguments are skipped using
-    pickletools' table of their sizes; pickletools.genops decodes them all and is much slower.
+    pickletools' table of their sizes (one table lookup per opcode: a 10,000-tensor skeleton has
+    about 50,000 opcodes); pickletools.genops decodes them all and is much slower.
     """
     pos, end = 0, len(data)
     refused_opcode = None
+    table = _SCAN
+    from_bytes = int.from_bytes
     while pos < end:
         code = data[pos]
-        name = _OPCODE_NAMES.get(code)
-        if name is None:
+        entry = table[code]
+        if entry is None:
             raise _corrupt(f"unknown opcode {code:#04x} at offset {pos}")
-        start, pos = pos + 1, _skip_argument(data, pos + 1, code)
-        if name in ("GLOBAL", "INST"):
-            module, qualname = _global_name(data[start:pos])
-            if (module, qualname) not in _ALLOWED_NAMES:
-                raise _refuse_global(module, qualname)
-        elif name.startswith("EXT"):
-            _refuse_extension(int.from_bytes(data[start:pos], "little", signed=name == "EXT4"))
-        if name not in _ALLOWED_OPCODES and refused_opcode is None:
-            refused_opcode = name
-        if name == "STOP":
-            break
+        size, kind, special, allowed = entry
+        start = pos + 1
+        if kind == 0:
+            pos = start + size
+        elif kind == 1:
+            pos = start + size + from_bytes(data[start:start + size], "little")
+        else:
+            pos = _skip_argument(data, start, code)
+        if not allowed and refused_opcode is None:
+            refused_opcode = _OPCODE_NAMES[code]
+        if special:
+            name = _OPCODE_NAMES[code]
+            if name == "STOP":
+                break
+            if name in ("GLOBAL", "INST"):
+                module, qualname = _global_name(data[start:pos])
+                if (module, qualname) not in _ALLOWED_NAMES:
+                    raise _refuse_global(module, qualname)
+            else:  # EXT1/2/4
+                _refuse_extension(from_bytes(data[start:pos], "little", signed=name == "EXT4"))
     else:
         raise _corrupt("the data is truncated (it has no STOP opcode)")
     if refused_opcode is not None:
@@ -219,6 +231,11 @@ def _argument_kinds() -> dict[int, tuple[int, int]]:
 
 _ARGUMENTS = _argument_kinds()
 _OPCODE_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
+_SPECIAL = {"STOP", "GLOBAL", "INST", "EXT1", "EXT2", "EXT4"}
+# byte -> (argument size, argument kind, needs a closer look, allowed), or None for no opcode at all
+_SCAN: list[tuple[int, int, bool, bool] | None] = [
+    (*_ARGUMENTS[b], _OPCODE_NAMES[b] in _SPECIAL, _OPCODE_NAMES[b] in _ALLOWED_OPCODES) if b in _OPCODE_NAMES
+    else None for b in range(256)]
 
 
 def _skip_argument(data: bytes, pos: int, code: int) -> int:
