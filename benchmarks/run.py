@@ -1,8 +1,8 @@
 """The benchmark harness: ckpt against torch.save, safetensors, torch.distributed.checkpoint, plain S3
 uploads and the raw ceilings of this machine, measured in the same run. Every repetition is a fresh process.
 
-    python benchmarks/run.py                      # every CPU case, full sizes, 3 repetitions (~40 min)
-    python benchmarks/run.py --only issue11       # the cases of issue 11 (small ... resnet50)
+    python benchmarks/run.py                      # every CPU case, full sizes, 3 repetitions (~1 hour)
+    python benchmarks/run.py --only issue11       # the cases of issue 11, small ... resnet50 (~35 min)
     python benchmarks/run.py --only tiny,growth   # a subset (names below; groups: 1gib, issue11, gpu)
     python benchmarks/run.py --quick              # tiny sizes, 1 repetition: a smoke test, timings meaningless
     bash scripts/gpu-check.sh                     # the gpu_* cases (and the CUDA tests) on a CUDA machine
@@ -150,11 +150,13 @@ def measure(case: str, reps: int, args: argparse.Namespace) -> tuple[dict, dict,
     systems = PLAN[case]
     samples: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
     infos: dict[str, Any] = {}
+    loads: list[float] = []
     with environment(case, args) as (env, aux, notes, after):
         for rep in range(reps):
             for system in rotated(systems, rep):
                 if args.pause and case not in NO_PAUSE and system not in NO_PAUSE:
                     time.sleep(args.pause)
+                loads.append(os.getloadavg()[0])
                 values, info = worker(case, system, args, env, aux)
                 after()
                 for k, v in values.items():
@@ -163,6 +165,8 @@ def measure(case: str, reps: int, args: argparse.Namespace) -> tuple[dict, dict,
                     infos[system] = info
                 shown = {k: round(v, 4) for k, v in values.items()}
                 print(f"  {case:8s} rep {rep + 1} {system:11s} {json.dumps(shown)}", flush=True)
+    notes.append(f"load average (1 min) at the start of its processes: {min(loads):.1f}-{max(loads):.1f} "
+                 f"on {os.cpu_count()} CPUs")
     return samples, infos, notes
 
 
