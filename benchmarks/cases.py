@@ -46,7 +46,24 @@ def lora(quick: bool) -> dict:
     return {"base": base, "lora": adapters}
 
 
-CASES = {"fp32": fp32, "bf16": bf16, "small": small, "adam": adam, "lora": lora}
+def tiny(quick: bool) -> dict:
+    """A tiny state: 10 tensors, about 1 MB in all (the fixed cost of a save dominates)."""
+    g = torch.Generator().manual_seed(0)
+    return {f"p{i}": torch.randn(25_000, generator=g) for i in range(10)}
+
+
+def many(n: int) -> dict:
+    """``n`` tensors of 4 KiB: the history cases change one of them per save."""
+    g = torch.Generator().manual_seed(0)
+    return {f"block{i // 8}.p{i % 8}": torch.randn(1024, generator=g) for i in range(n)}
+
+
+def s3(quick: bool) -> dict:
+    """256 MiB of fp32 for the object-store case: 32 tensors of 8 MiB."""
+    return _weights(32, (256 << 10) if quick else 8 * MiB, torch.float32)
+
+
+CASES = {"fp32": fp32, "bf16": bf16, "small": small, "adam": adam, "lora": lora, "tiny": tiny, "s3": s3}
 
 
 def tensors(state: dict) -> list[torch.Tensor]:

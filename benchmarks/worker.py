@@ -1,6 +1,7 @@
 """One benchmark repetition in a fresh process: one case, one system, all of that system's operations.
 
-Prints one JSON object: {"op": seconds or value, ...}. Run by benchmarks/run.py, not by hand.
+Prints one JSON object: {"op": seconds or value, ..., "_info": {...}} ("_info": anything that is not a
+number: errors, notes, per-table row counts). Run by benchmarks/run.py, not by hand.
 """
 
 from __future__ import annotations
@@ -11,113 +12,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.cases import CASES, mutate, nbytes, tensors  # noqa: E402
-
-
-def files_under(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
-
-
-def drop_cache(path: str) -> None:
-    """Cold cache: fsync, then ask the kernel to drop the pages (no mapping is alive)."""
-    for f in files_under(path):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm_cache(path: str) -> None:
-    for f in files_under(path):
-        with open(f, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
-
-
-def ballast(gib: float) -> None:
-    """Touch fresh memory right before a timed region: this VM hands freed memory back to the host."""
-    if gib > 0:
-        x = torch.empty(int(gib * (1 << 30)), dtype=torch.uint8)
-        x.fill_(1)
-        del x
-
-
-def fsync_path(path: str) -> None:
-    for f in files_under(path):
-        fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    fd = os.open(os.path.dirname(path.rstrip("/")), os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-
-def rss_kib(field: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor):
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-    return out
-
-
-def empty_like(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = torch.empty_like(v).fill_(0)
-        elif isinstance(v, dict):
-            out[k] = empty_like(v)
-        else:
-            out[k] = v
-    return out
-
-
-def copy_into(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, torch.Tensor):
-            dst[k].copy_(v)
-        elif isinstance(v, dict):
-            copy_into(dst[k], v)
-
-
-class Timer:
-    def __init__(self, ballast_gib: float) -> None:
-        self.ballast_gib = ballast_gib
-        self.out: dict[str, float] = {}
-
-    def __call__(self, name: str, fn):  # type: ignore[no-untyped-def]
-        ballast(self.ballast_gib)
-        t = time.perf_counter()
-        result = fn()
-        self.out[name] = time.perf_counter() - t
-        return result
+from benchmarks.measure import (Timer, copy_into, drop_cache, empty_like, flat, fsync_path,  # noqa: E402
+                                reset_peak, rss_kib)
 
 
 def run_raw(state: dict, d: str, t: Timer) -> None:
@@ -187,9 +88,18 @@ def run_dcp(state: dict, d: str, t: Timer) -> None:
     t("load_into_hot", lambda: dcp.load(target, checkpoint_id=os.path.join(d, "dcp3")))
 
 
+def first_path(state: dict) -> tuple:
+    """The path (a tuple of keys) of the first tensor of a nested dict."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            return (k,)
+        if isinstance(v, dict):
+            return (k, *first_path(v))
+    raise ValueError("no tensor in the state")
+
+
 def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
     from ckpt import CheckpointStore
-    from ckpt.format.tensors import byte_view, checksum, tensor_hash
     store = CheckpointStore(os.path.join(d, "store"), compression="none")
     before: list[int] = []
 
@@ -201,7 +111,14 @@ def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
     t.out["save_extra_rss_mib"] = max(rss_kib("VmHWM") - before[0], 0) / 1024
     t.out["new_bytes"] = info.new_bytes
     ts = tensors(state)
-    t("hash_only", lambda: [(tensor_hash("float32", x.shape, byte_view(x)), checksum(byte_view(x))) for x in ts])
+    try:  # internal functions of format 1: measured while they exist, skipped after the rewrite
+        from ckpt.format.tensors import byte_view, checksum, tensor_hash
+    except ImportError:
+        t.info["hash_only"] = "n/a: ckpt.format.tensors is gone"
+    else:
+        if not t.cuda:
+            t("hash_only", lambda: [(tensor_hash("float32", x.shape, byte_view(x)), checksum(byte_view(x)))
+                                    for x in ts])
     if case == "lora":
         mutate(state, "lora")
         info = t("dedup_save", lambda: store.save("b", 1, state))
@@ -217,7 +134,7 @@ def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
     t("load_into_hot", lambda: store.load_into(target, "latest", key=None))
     t("load_hot", lambda: store.load("latest"))
     drop_cache(store_dir)
-    first_key = next(iter(store.manifest().leaves))[0]
+    first_key = first_path(state)
 
     def first_tensor() -> None:
         with store.open("latest") as lazy:
@@ -228,8 +145,12 @@ def run_ckpt(state: dict, d: str, t: Timer, case: str) -> None:
 
 
 def run_codec(state: dict, d: str, t: Timer) -> None:
-    from ckpt.format import codec
-    from ckpt.format.tensors import byte_view
+    try:  # internal functions: measured while they exist
+        from ckpt.format import codec
+        from ckpt.format.tensors import byte_view
+    except ImportError as exc:
+        t.info["codec"] = f"n/a: {exc}"
+        return
     ts = tensors(state)
     raw = sum(x.numel() * x.element_size() for x in ts)
     encoded = t("encode", lambda: [codec.encode(byte_view(x), x.element_size()) for x in ts])
@@ -246,30 +167,89 @@ def run_codec(state: dict, d: str, t: Timer) -> None:
     t.out["ratio"] = raw / stored
 
 
+def run_raw_device(state: dict, d: str, t: Timer) -> None:
+    """The floors on a GPU: copy into pinned host buffers (what an async save must at least block for),
+    write those + fsync (what a durable save must at least take), copy back to the device (hot load)."""
+    ts = tensors(state)
+    pin = t.cuda
+    bufs = [torch.zeros(x.shape, dtype=x.dtype, pin_memory=pin) for x in ts]
+    t("copy", lambda: [b.copy_(x, non_blocking=pin) for b, x in zip(bufs, ts)])
+    path = os.path.join(d, "raw.bin")
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for b in bufs:
+            os.write(fd, b.reshape(-1).view(torch.uint8).numpy().data)
+        os.fsync(fd)
+        os.close(fd)
+    t("write", write)
+    t("h2d", lambda: [x.copy_(b, non_blocking=pin) for b, x in zip(bufs, ts)])
+
+
 SYSTEMS = {"raw": run_raw, "torch": run_torch, "safetensors": run_safetensors, "dcp": run_dcp,
            "ckpt": run_ckpt, "codec": run_codec}
+#: Cases with their own operations (benchmarks/history.py, s3.py, models.py; "catalog" has its own
+#: worker script, startup.py, which imports neither torch nor ckpt).
+SPECIAL = {"tiny", "growth", "prune", "s3", "gpt2", "resnet50", "gpu_gpt2"}
+
+
+def to_device(state: dict, device: str) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else to_device(v, device) if isinstance(v, dict)
+                else v) for k, v in state.items()}
+
+
+def run_case(case: str, system: str, d: str, t: Timer, quick: bool, device: str) -> None:
+    from benchmarks import history, models, s3
+    if case == "tiny":
+        out, info = history.saves_of_tiny(system, d, quick)
+    elif case == "growth":
+        out, info = history.growth(d, quick)
+    elif case == "prune":
+        out, info = history.prune(d, quick)
+    elif case == "s3":
+        s3.run(system, quick, t)
+        return
+    elif case in ("gpt2", "resnet50", "gpu_gpt2"):
+        models.run(case.removeprefix("gpu_"), system, d, t, quick, device)
+        return
+    else:
+        base = case.removeprefix("gpu_")
+        state = CASES[base](quick)
+        if device != "cpu":
+            state = to_device(state, device)
+        if system == "ckpt":
+            run_ckpt(state, d, t, base)
+        elif system == "raw" and case.startswith("gpu_"):
+            run_raw_device(state, d, t)
+        else:
+            SYSTEMS[system](state, d, t)
+        t.out["bytes"] = nbytes(state)
+        return
+    t.out.update(out)
+    t.info.update(info)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("case", choices=sorted(CASES))
-    p.add_argument("system", choices=sorted(SYSTEMS))
+    p.add_argument("case")
+    p.add_argument("system")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--dir", default=None)
+    p.add_argument("--dir", default=None, help="where to write (default: the system temp dir)")
+    p.add_argument("--device", default="cpu", help="where the state lives (gpu_* cases: cuda)")
+    p.add_argument("--ballast", type=float, default=None, help="GiB touched before each timed region")
     args = p.parse_args()
-    torch.set_num_threads(2)
-    state = CASES[args.case](args.quick)
-    d = tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir)
-    t = Timer(0 if args.quick else 1.5)
+    base = args.case.removeprefix("gpu_")
+    if args.case not in SPECIAL and base not in CASES:
+        p.error(f"unknown case {args.case!r}")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    d = tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir or os.environ.get("CKPT_BENCH_WORKDIR"))
+    ballast = args.ballast if args.ballast is not None else (0 if args.quick else 1.5)
+    t = Timer(ballast, args.device)
     try:
-        if args.system == "ckpt":
-            run_ckpt(state, d, t, args.case)
-        else:
-            SYSTEMS[args.system](state, d, t)
+        run_case(args.case, args.system, d, t, args.quick, args.device)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    t.out["bytes"] = nbytes(state)
-    print(json.dumps(t.out))
+    print(json.dumps({**t.out, "_info": t.info}))
 
 
 if __name__ == "__main__":
