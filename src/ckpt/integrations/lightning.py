@@ -143,22 +143,24 @@ class CkptCheckpointIO(CheckpointIO):
         return _MetricsCallback(self)
 
     # -- fits -----------------------------------------------------------------------------------
-    def _begin_fit(self, *, fresh: bool, monitors: list[tuple[str, str]] | None = None) -> None:
-        """A new fit: forget the previous one's checkpoints. A fit from scratch into a run the previous
-        fit wrote would mix two trainings in one run (and clash at the first repeated step): refused."""
+    def _begin_fit(self, *, fresh: bool, monitors: list[tuple[str, str]] | None = None) -> str | None:
+        """A new fit: forget the previous one's checkpoints. A fit from scratch into a run an earlier
+        fit wrote would mix two trainings in one run (and clash at the first repeated step): returns
+        why it is refused (the caller raises), else None."""
         previous = self._fit
         self._earlier_runs |= previous.runs
         self._fit = _Fit(number=previous.number + 1)
         self._monitors = monitors
-        if fresh:
-            self._resumed = None
-            if self.run in self._earlier_runs and self._has_checkpoints(self.run):
-                raise DuplicateCheckpointError(
-                    f"run {self.run!r} already holds the checkpoints of an earlier fit with this "
-                    f"CkptCheckpointIO, and this fit starts from scratch: its checkpoints would be mixed with "
-                    f"(or clash with) the earlier ones. Give each fit its own run: set io.run = 'NAME' before "
-                    f"trainer.fit (or use one CkptCheckpointIO per fit); to continue the earlier training pass "
-                    f"ckpt_path='ckpt:latest'; or remove the run first: ckpt rm {self.run}@EPOCH")
+        if not fresh:
+            return None
+        self._resumed = None
+        if self.run in self._earlier_runs and self._has_checkpoints(self.run):
+            return (f"run {self.run!r} already holds the checkpoints of an earlier fit with this CkptCheckpointIO, "
+                    f"and this fit starts from scratch: its checkpoints would be mixed with (or clash with) the "
+                    f"earlier ones. Give each fit its own run: set io.run = 'NAME' before trainer.fit (or use one "
+                    f"CkptCheckpointIO per fit); to continue the earlier training pass ckpt_path='ckpt:latest'; or "
+                    f"remove the run first: ckpt rm {self.run}@EPOCH")
+        return None
 
     def _has_checkpoints(self, run: str) -> bool:
         try:
@@ -174,7 +176,9 @@ class CkptCheckpointIO(CheckpointIO):
         metrics = dict(self._next_metrics) or _monitored(checkpoint)
         self._next_metrics = {}
         if step < self._fit.last_step:  # the global step went back: another fit (no metrics callback)
-            self._begin_fit(fresh=self._loads_since_save == 0)
+            refused = self._begin_fit(fresh=self._loads_since_save == 0)
+            if refused:
+                raise DuplicateCheckpointError(refused)
         fit, run = self._fit, self.run
         full = "optimizer_states" in checkpoint
         info = self._store_state(run, epoch, step, WEIGHTS if not full else "", _plain(checkpoint), metrics, path)
@@ -349,7 +353,11 @@ class _MetricsCallback(Callback):
             monitor, mode = getattr(cb, "monitor", None), getattr(cb, "mode", None)
             if isinstance(monitor, str) and monitor and mode in ("min", "max"):
                 monitors.append((monitor, mode))
-        self.io._begin_fit(fresh=fresh, monitors=monitors)
+        refused = self.io._begin_fit(fresh=fresh and trainer.is_global_zero, monitors=monitors)
+        # Only the process that saves knows what earlier fits wrote: every process stops, or none does.
+        refused = trainer.strategy.broadcast(refused, src=0)
+        if refused:
+            raise DuplicateCheckpointError(refused)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         metrics = {}
@@ -379,7 +387,9 @@ def _variant_for(base: str, path: str, taken: set[str]) -> str:
     stem = stem[:-5] if stem.endswith(".ckpt") else stem
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-")[:40] or "copy"
     name = f"{base}.{stem}" if base else stem
-    if name in ("", WEIGHTS) or name in taken:
+    if not base and _is_weights(name):  # a full state saved as "weights.ckpt" is not weights-only
+        name = f"full.{name}"[:64]
+    if name in taken:
         n = 2
         while f"{name}-{n}" in taken:
             n += 1
