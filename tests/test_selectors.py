@@ -138,3 +138,15 @@ def test_bad_metrics_and_epochs_are_refused(store):
                                        ("mIoU", None), ("iou", "max"), ("lr", None)])
 def test_direction_table(name, mode):
     assert infer_mode(name) == mode
+
+
+def test_variants_at_one_step_prefer_the_ordinary_checkpoint(store):
+    import torch
+    full = store.save("v", 1, {"w": torch.ones(2), "opt": torch.zeros(2)}, step=10)
+    weights = store.save("v", 1, {"w": torch.ones(2)}, step=10, variant="weights")
+    assert weights.variant == "weights" and weights.id != full.id
+    assert store.get("v:latest").id == full.id and store.get("latest").id == full.id
+    assert store.get("v@1").id == full.id
+    with pytest.raises(DuplicateCheckpointError):
+        store.save("v", 1, {"w": torch.ones(2)}, step=10, variant="weights")
+    assert [i.variant for i in store.list(run="v")] == ["", "weights"]

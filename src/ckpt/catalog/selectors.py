@@ -120,13 +120,14 @@ class Resolver:
                 raise CheckpointNotFoundError(
                     "the store has no committed checkpoint" + (f" for run {run!r}" if run else "") +
                     "; save one with store.save(run, epoch, state)")
-            return rows
+            return _ordinary_first(rows)
         if p.kind == "best":
             return self.best(p.metric, mode=mode, run=run, limit=limit)
         if p.kind == "epoch":
             q = self._committed().where(Checkpoint.run_id == self.run_row(p.run).id,  # type: ignore[arg-type]
                                         Checkpoint.epoch == p.epoch)
-            row = self.s.scalars(q.order_by(Checkpoint.step_key.desc()).limit(1)).first()
+            row = self.s.scalars(q.order_by(Checkpoint.step_key.desc(), (Checkpoint.variant != "").asc(),
+                                            Checkpoint.seq.desc()).limit(1)).first()
             if row is None:
                 epochs = sorted(set(self.s.scalars(select(Checkpoint.epoch).where(
                     Checkpoint.run_id == self.run_row(p.run).id, Checkpoint.status == "committed"))))  # type: ignore[arg-type]
@@ -249,6 +250,13 @@ class Resolver:
                                               f"was deleted; lineage is broken there")
             row = parent
         return row
+
+
+def _ordinary_first(rows: list[Checkpoint]) -> list[Checkpoint]:
+    """Among checkpoints at one (run, epoch, step), the ordinary one (variant "") before its variants (a
+    weights-only copy saved after it): "latest" means the checkpoint to resume from."""
+    ordinary = {(r.run_id, r.epoch, r.step_key) for r in rows if not r.variant}
+    return sorted(rows, key=lambda r: 1 if r.variant and (r.run_id, r.epoch, r.step_key) in ordinary else 0)
 
 
 def resolve(session: Session, selector: str, *, run: str | None = None, mode: str | None = None,
