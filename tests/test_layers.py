@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("protocol", ("ckpt.context", "ckpt.refs", "ckpt.sync", "ckpt.recovery", "ckpt.packs", "ckpt.snapshot",
                   "ckpt.staging", "ckpt.map_location", "ckpt.writer", "ckpt.reader", "ckpt.lazy", "ckpt.diff",
                   "ckpt.deletion", "ckpt.gc", "ckpt.verify", "ckpt.opening", "ckpt.commit", "ckpt.run_exit",
-                  "ckpt.retention", "ckpt.upgrade")),
+                  "ckpt.retention", "ckpt.upgrade", "ckpt.quiet_gc")),
     ("facade", ("ckpt.store",)),
     ("apps", ("ckpt.cli", "ckpt.training", "ckpt.integrations", "ckpt.interop", "ckpt.ui")),
 ]

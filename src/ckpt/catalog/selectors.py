@@ -115,12 +115,12 @@ class Resolver:
             q = self._committed()
             if run is not None:
                 q = q.where(Checkpoint.run_id == self.run_row(run).id)
-            rows = list(self.s.scalars(q.order_by(Checkpoint.seq.desc()).limit(limit)))
+            rows = list(self.s.scalars(q.order_by(Checkpoint.seq.desc()).limit(max(limit, 16))))
             if not rows:
                 raise CheckpointNotFoundError(
                     "the store has no committed checkpoint" + (f" for run {run!r}" if run else "") +
                     "; save one with store.save(run, epoch, state)")
-            return _ordinary_first(rows)
+            return _ordinary_first(rows)[:limit]
         if p.kind == "best":
             return self.best(p.metric, mode=mode, run=run, limit=limit)
         if p.kind == "epoch":
