@@ -192,11 +192,19 @@ class Catalog:
 
 
 def _open_readonly_sqlite(url: str) -> Index:
-    """A SQLite index opened read-only; on a directory nobody may write (a mounted snapshot), immutable."""
+    """A SQLite index opened read-only, creating nothing: while a writer has it open (its -wal file
+    exists) through SQLite's read-only mode, which shares the writer's files; otherwise, and on a
+    directory nobody may write (a mounted snapshot), as immutable, which needs no -wal/-shm at all."""
+    import os
+
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     from ckpt.errors import IndexCorruptError, StorageError
-    for immutable in (False, True):
+    path = url[len("sqlite:///"):]
+    if not os.path.exists(path):
+        raise StorageError(f"no index at {path}")
+    live = os.path.exists(path + "-wal")
+    for immutable in ((False, True) if live else (True,)):
         index = Index(readonly_sqlite_url(url, immutable), readonly=True)
         try:
             with index.engine.connect() as conn:
