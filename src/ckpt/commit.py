@@ -65,11 +65,11 @@ def begin(ctx: Context, ckpt_id: str, run: str, epoch: int, step: int | None, va
     for _ in range(5):
         try:
             return ctx.catalog.write(writes.begin_save, ckpt_id, run, epoch, step, variant, parent, default_parent,
-                                     logical_size, list(lookups), list(claims), durable=False)
+                                     logical_size, list(lookups), list(claims), durable=False, raw=True)
         except writes.DeadClaim as dead:
             settle(ctx, dead.checkpoint_id)
     return ctx.catalog.write(writes.begin_save, ckpt_id, run, epoch, step, variant, parent, default_parent,
-                             logical_size, list(lookups), list(claims), durable=False)
+                             logical_size, list(lookups), list(claims), durable=False, raw=True)
 
 
 def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[str, float], step: int | None,
@@ -93,14 +93,17 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
         try:
             written = writer.write(
                 ctx.storage, snap, plan, begun, compress=compress,
-                claim_more=lambda checks: ctx.catalog.write(writes.claim_tensors, ckpt_id, checks, durable=False),
+                claim_more=lambda checks: ctx.catalog.write(writes.claim_tensors, ckpt_id, checks, durable=False,
+                                                            raw=True),
                 lookup=ctx.catalog.lookup)
             if written.pack_id:
                 published.append(mf.pack_path(written.pack_id))
             table = mf.SlotTable.build(written.slots)
-            sizes = ctx.catalog.pack_sizes([p for p in table.packs if p != written.pack_id])
-            if parent_manifest is not None:
-                sizes.update({p: n for p, n in parent_manifest.pack_sizes.items() if n and p in table.packs})
+            sizes = {p: n for p, n in parent_manifest.pack_sizes.items() if n and p in table.packs} \
+                if parent_manifest is not None else {}
+            unknown = [p for p in table.packs if p not in sizes and p != written.pack_id]
+            if unknown:
+                sizes.update(ctx.catalog.pack_sizes(unknown))
             if written.pack_id:
                 sizes[written.pack_id] = written.pack_size
             m = mf.Manifest(
@@ -128,9 +131,9 @@ def index(ctx: Context, m: mf.Manifest, tags: tuple[str, ...] = (), pack_sizes: 
     recovery (the next open, or the next claim of the same key) to roll forward."""
     try:
         try:
-            ctx.catalog.write(writes.ingest, m, pack_sizes, tags)
+            ctx.catalog.write(writes.ingest, m, pack_sizes, tags, raw=True)
         except CkptError:
-            ctx.catalog.write(writes.ingest, m, pack_sizes, tags)
+            ctx.catalog.write(writes.ingest, m, pack_sizes, tags, raw=True)
     except CkptError as exc:
         log.error("checkpoint %s is durable but the index failed twice (%s); it will be indexed when the "
                   "store is next opened", m.id[:12], exc)

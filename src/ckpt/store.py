@@ -186,7 +186,11 @@ class CheckpointStore:
                             variant=variant, parent=parent, default_parent=default_parent, tags=tags,
                             compress=self._compress)
         self.track_run(run)
-        return self.get(m.id)
+        from datetime import datetime
+        return CheckpointInfo(id=m.id, run=m.run, epoch=m.epoch, step=m.step, metrics=dict(m.metrics),
+                              content_hash=m.content_hash, parent=m.parent,
+                              created_at=datetime.fromisoformat(m.created_at), logical_size=m.logical_size,
+                              new_bytes=m.new_bytes, tags=tuple(sorted(tags)), variant=m.variant, format=m.format)
 
     def track_run(self, run: str) -> None:
         """Mark ``run`` completed (or failed, after an unhandled exception) when this process exits,

@@ -38,7 +38,7 @@ from ckpt.snapshot import SlotData, Snapshot
 log = logging.getLogger("ckpt")
 
 CHUNK = 4 << 20  # bytes copied, hashed and written at a time
-_SMALL = 64 << 10  # below this a tensor is copied and hashed in one go, on the calling thread
+_SMALL = 1 << 20  # up to this a tensor is copied and hashed in one go, on the calling thread (no handoff)
 #: Tensors smaller than this are never claimed: a duplicate small copy costs less than coordinating.
 CLAIM_MIN = int(os.environ.get("CKPT_CLAIM_MIN_BYTES", 1 << 20))
 #: How long a saver waits for another save in flight to finish writing a tensor both need.

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from ckpt.catalog import queries, writes
 from ckpt.catalog.engine import Index, display_url, readonly_sqlite_url
 from ckpt.catalog.migrate import ensure_schema
+from ckpt.catalog.raw import Raw
 from ckpt.catalog.schema import (Checkpoint, CheckpointPack, Claim, Meta, Metric, Pack, Run, Tag,
                                  TensorBlob)
 from ckpt.catalog.selectors import MAX_CANDIDATES, Resolver, parse, resolve
@@ -62,13 +63,19 @@ class Catalog:
         with self.index.read() as s:
             yield s
 
-    def write(self, fn: Callable[..., T], *args: Any, durable: bool = True, **kwargs: Any) -> T:
-        return self.index.write_txn(fn, *args, durable=durable, **kwargs)
+    @contextmanager
+    def raw(self) -> Iterator[Raw]:
+        """Driver SQL on a plain connection: the reads on a save's path, without ORM sessions."""
+        with self.index.connect() as conn:
+            yield Raw(conn)
+
+    def write(self, fn: Callable[..., T], *args: Any, durable: bool = True, raw: bool = False, **kwargs: Any) -> T:
+        return self.index.write_txn(fn, *args, durable=durable, raw=raw, **kwargs)
 
     # -- identity and freshness ---------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
-        with self.read() as s:
-            return writes.get_meta(s, key)
+        with self.raw() as r:
+            return r.value("SELECT value FROM meta WHERE key = ?", (key,))
 
     def set_meta(self, key: str, value: str) -> None:
         self.write(writes.set_meta, key, value, durable=False)
@@ -92,14 +99,14 @@ class Catalog:
         if isinstance(selector, CheckpointInfo):
             selector = selector.id
         with self.read() as s:
-            return [queries.info(r) for r in resolve(s, selector, run=run, mode=mode, limit=limit)]
+            return queries.infos(s, [r.id for r in resolve(s, selector, run=run, mode=mode, limit=limit)])
 
     def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
         return self.resolve(selector, run=run, limit=1)[0]
 
     def best(self, metric: str | None = None, mode: str | None = None, run: str | None = None) -> CheckpointInfo:
         with self.read() as s:
-            return queries.info(Resolver(s).best(metric, mode=mode, run=run, limit=1)[0])
+            return queries.infos(s, [Resolver(s).best(metric, mode=mode, run=run, limit=1)[0].id])[0]
 
     def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
              tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
@@ -124,9 +131,9 @@ class Catalog:
                                                             Checkpoint.status == "committed"))
 
     def latest_id(self, run: str) -> str | None:
-        with self.read() as s:
-            run_id = s.scalar(select(Run.id).where(Run.name == run))
-            return writes.latest_id(s, run_id) if run_id is not None else None
+        with self.raw() as r:
+            return r.value("SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+                           "WHERE r.name = ? AND c.status = 'committed' ORDER BY c.seq DESC LIMIT 1", (run,))
 
     def pending(self) -> list[Any]:
         """Rows of saves not committed (in flight, or left by dead writers)."""
@@ -136,15 +143,14 @@ class Catalog:
 
     def lookup(self, checks: list[str]) -> dict[str, list[writes.Stored]]:
         """Where the store holds tensors with these checksums (what dedup confirms by content hash)."""
-        with self.read() as s:
-            return writes.lookup(s, checks)
+        with self.raw() as r:
+            return writes.lookup(r, checks)
 
     def pack_sizes(self, ids: list[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        with self.read() as s:
-            for chunk in writes.chunks(sorted(set(ids))):
-                out.update(s.execute(select(Pack.id, Pack.size).where(Pack.id.in_(chunk))).all())
-        return out
+        if not ids:
+            return {}
+        with self.raw() as r:
+            return dict(r.where_in("SELECT id, size FROM packs WHERE id IN ({})", sorted(set(ids))))
 
     def packs(self) -> dict[str, int]:
         with self.read() as s:

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -167,6 +168,13 @@ class Index:
             yield session
 
     @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A plain connection (no ORM session), for driver SQL."""
+        self._check_fork()
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         """One serialized write transaction (not retried: prefer :meth:`write_txn`)."""
         self._check_fork()
@@ -174,16 +182,22 @@ class Index:
             with self._write_sessions() as session, session.begin():
                 yield session
 
-    def write_txn(self, fn, *args, durable: bool = True, **kwargs):  # type: ignore[no-untyped-def]
+    def write_txn(self, fn, *args, durable: bool = True, raw: bool = False, **kwargs):  # type: ignore[no-untyped-def]
         """Run ``fn(session, ...)`` in a write transaction, retrying the whole of it on lock timeouts,
         deadlocks and dropped server connections. ``durable=False`` skips the fsync at commit (SQLite)
-        for steps whose loss a crash recovery handles anyway."""
+        for steps whose loss a crash recovery handles anyway. ``raw=True`` passes a ``Raw`` (driver SQL on
+        a plain connection, no ORM session): for the statements on every save's path."""
         self._check_fork()
-        sessions = self._write_sessions if durable else self._fast_write_sessions
         delay = 0.05
         deadline = time.monotonic() + WRITE_DEADLINE_S
         while True:
             try:
+                if raw:
+                    from ckpt.catalog.raw import Raw
+                    engine = self._write_engine if durable else self._fast_write_engine
+                    with engine.begin() as conn:
+                        return fn(Raw(conn), *args, **kwargs)
+                sessions = self._write_sessions if durable else self._fast_write_sessions
                 with sessions() as session, session.begin():
                     return fn(session, *args, **kwargs)
             except DBAPIError as exc:

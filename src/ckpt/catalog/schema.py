@@ -62,10 +62,12 @@ class Checkpoint(Base):
     host: Mapped[str | None] = mapped_column(String(256))
     pid: Mapped[int | None] = mapped_column(Integer)
 
-    run: Mapped[Run] = relationship(lazy="joined")
-    metrics: Mapped[list[Metric]] = relationship(lazy="selectin", cascade="all, delete-orphan",
+    # Loaded only when touched: queries build CheckpointInfo in set-based statements (queries.infos), and a
+    # save's index writes never need them.
+    run: Mapped[Run] = relationship(lazy="select")
+    metrics: Mapped[list[Metric]] = relationship(lazy="select", cascade="all, delete-orphan",
                                                  order_by="Metric.position")
-    tags: Mapped[list[Tag]] = relationship(lazy="selectin", cascade="all, delete-orphan")
+    tags: Mapped[list[Tag]] = relationship(lazy="select", cascade="all, delete-orphan")
 
 
 class Metric(Base):

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ckpt.catalog.queries import HOST, now, process_gone
-from ckpt.catalog.schema import Checkpoint, CheckpointPack, Claim, Meta, Metric, Pack, Run, Tag, TensorBlob
+from ckpt.catalog.raw import Raw
+from ckpt.catalog.schema import Checkpoint, Claim, Meta, Pack, Run, Tag, TensorBlob
 from ckpt.errors import CkptError, DuplicateCheckpointError
 from ckpt.format.manifest import Manifest
 
@@ -81,20 +83,43 @@ def touch_run(s: Session, name: str, *, status: str | None = "running") -> Run:
     return run
 
 
-def latest_id(s: Session, run_id: int) -> str | None:
-    return s.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.status == "committed")
-                    .order_by(Checkpoint.seq.desc()).limit(1))
+def _r(s: Session | Raw) -> Raw:
+    return s if isinstance(s, Raw) else Raw(s)
 
 
-def claim_checkpoint(s: Session, ckpt_id: str, run_name: str, epoch: int, step: int | None, variant: str,
+def _run_id(s: Session | Raw, name: str, *, status: str | None) -> int:
+    """The run's id, the run created if new; its status (and heartbeat) set when given."""
+    raw = _r(s)
+    rid = raw.value("SELECT id FROM runs WHERE name = ?", (name,))
+    ts = raw.time(now())
+    if rid is None:
+        raw.run("INSERT INTO runs (name, status, created_at, updated_at, heartbeat_at, host, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, status or "running", ts, ts, ts, HOST, os.getpid()))
+        return raw.value("SELECT id FROM runs WHERE name = ?", (name,))
+    if status is not None:
+        raw.run("UPDATE runs SET status = ?, updated_at = ?, heartbeat_at = ?, host = ?, pid = ? WHERE id = ?",
+                (status, ts, ts, HOST, os.getpid(), rid))
+    return rid
+
+
+def latest_id(s: Session | Raw, run_id: int) -> str | None:
+    return _r(s).value("SELECT id FROM checkpoints WHERE run_id = ? AND status = 'committed' "
+                        "ORDER BY seq DESC LIMIT 1", (run_id,))
+
+
+def claim_checkpoint(s: Session | Raw, ckpt_id: str, run_name: str, epoch: int, step: int | None, variant: str,
                      parent: str | None, default_parent: bool, logical_size: int) -> str | None:
     """Claim (run, epoch, step, variant) with a pending row; returns the parent id (with
     ``default_parent``, the run's latest committed checkpoint). A dead writer's claim in the way raises
     DeadClaim (the caller settles it from storage, then retries)."""
-    run = touch_run(s, run_name)
+    raw = _r(s)
+    run_id = _run_id(raw, run_name, status="running")
     key = step_key(step)
-    clash = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.epoch == epoch,
-                                              Checkpoint.step_key == key, Checkpoint.variant == variant))
+    found = raw.one("SELECT id, status, host, pid, created_at FROM checkpoints "
+                    "WHERE run_id = ? AND epoch = ? AND step_key = ? AND variant = ?", (run_id, epoch, key, variant))
+    clash = None
+    if found is not None:
+        clash = _Clash(found[0], found[1], found[2], found[3], _read_time(found[4]))
     if clash is not None and clash.status == "pending" and \
             writer_gone(clash.host, clash.pid, clash.created_at, clash.id):
         raise DeadClaim(clash.id)
@@ -107,12 +132,31 @@ def claim_checkpoint(s: Session, ckpt_id: str, run_name: str, epoch: int, step: 
             f"run {run_name!r} {state} a checkpoint for {what} ({clash.id[:12]}); save under another "
             f"epoch/step, or delete it first: ckpt rm {run_name}@{epoch}")
     if default_parent:
-        parent = latest_id(s, run.id)
-    s.add(Checkpoint(id=ckpt_id, run_id=run.id, epoch=epoch, step=step, step_key=key, variant=variant,
-                     format=2, status="pending", created_at=now(), parent_id=parent, logical_size=logical_size,
-                     new_bytes=0, host=HOST, pid=os.getpid()))
-    s.flush()
+        parent = latest_id(raw, run_id)
+    raw.run("INSERT INTO checkpoints (id, run_id, epoch, step, step_key, variant, format, status, created_at, "
+            "parent_id, logical_size, new_bytes, host, pid) VALUES (?, ?, ?, ?, ?, ?, 2, 'pending', ?, ?, ?, 0, ?, ?)",
+            (ckpt_id, run_id, epoch, step, key, variant, raw.time(now()), parent, logical_size, HOST, os.getpid()))
     return parent
+
+
+@dataclass(frozen=True)
+class _Clash:
+    id: str
+    status: str
+    host: str | None
+    pid: int | None
+    created_at: Any
+
+
+def _read_time(value: Any) -> Any:
+    """A timestamp column read through the driver: SQLite gives the text SQLAlchemy wrote."""
+    if isinstance(value, str):
+        from datetime import datetime
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return now()
+    return value
 
 
 @dataclass(frozen=True)
@@ -139,60 +183,58 @@ class Begun:
     siblings: set[str] = field(default_factory=set)  # checks another process of this same save writes
 
 
-def lookup(s: Session, checks: list[str]) -> dict[str, list[Stored]]:
+def lookup(s: Session | Raw, checks: list[str]) -> dict[str, list[Stored]]:
     out: dict[str, list[Stored]] = {}
-    for chunk in chunks(sorted(set(checks))):
-        for r in s.execute(select(TensorBlob.hash, TensorBlob.pack_id, TensorBlob.offset, TensorBlob.length,
-                                  TensorBlob.nbytes, TensorBlob.codec, TensorBlob.dtype, TensorBlob.shape,
-                                  TensorBlob.check).where(TensorBlob.check.in_(chunk))):
-            shape = tuple(int(d) for d in r.shape.split(",") if d != "")
-            out.setdefault(r.check, []).append(Stored(r.hash, r.pack_id, r.offset, r.length, r.nbytes, r.codec,
-                                                      r.dtype, shape, r.check))
+    if not checks:
+        return out
+    for h, pack, offset, length, nbytes, codec, dtype, shape, check in _r(s).where_in(
+            'SELECT hash, pack_id, "offset", length, nbytes, codec, dtype, shape, "check" FROM tensors '
+            'WHERE "check" IN ({})', sorted(set(checks))):
+        dims = tuple(int(d) for d in shape.split(",") if d != "")
+        out.setdefault(check, []).append(Stored(h, pack, offset, length, nbytes, codec, dtype, dims, check))
     return out
 
 
-def claim_tensors(s: Session, ckpt_id: str, checks: list[str]) -> tuple[set[str], dict[str, str], set[str]]:
+def claim_tensors(s: Session | Raw, ckpt_id: str, checks: list[str]) -> tuple[set[str], dict[str, str], set[str]]:
     """Claim the new tensors a save is about to write; returns (claimed here, claimed by other saves,
     claimed by another process of this same save: a rank of a torch.distributed save).
 
     A claim whose save is gone (its pending row dropped, or its process dead) is taken over."""
+    raw = _r(s)
     mine: set[str] = set()
     others: dict[str, str] = {}
     siblings: set[str] = set()
     wanted = sorted(set(checks))
-    existing: dict[str, Claim] = {}
-    for chunk in chunks(wanted):
-        for c in s.scalars(select(Claim).where(Claim.check.in_(chunk))):
-            existing[c.check] = c
-    owners = {c.checkpoint_id for c in existing.values()}
+    existing = {c: (cid, host, pid) for c, cid, host, pid in raw.where_in(
+        'SELECT "check", checkpoint_id, host, pid FROM claims WHERE "check" IN ({})', wanted)}
+    owners = sorted({v[0] for v in existing.values()})
     alive: set[str] = set()
-    for chunk in chunks(sorted(owners)):
-        for row in s.execute(select(Checkpoint.id, Checkpoint.host, Checkpoint.pid, Checkpoint.created_at)
-                             .where(Checkpoint.id.in_(chunk), Checkpoint.status == "pending")):
-            if not writer_gone(row.host, row.pid, row.created_at, row.id):
-                alive.add(row.id)
-    stale = [c for c, claim in existing.items() if claim.checkpoint_id not in alive and claim.checkpoint_id != ckpt_id]
-    for chunk in chunks(stale):
-        s.execute(delete(Claim).where(Claim.check.in_(chunk)))
-    ts, pid = now(), os.getpid()
+    if owners:
+        for cid, host, pid, created in raw.where_in(
+                "SELECT id, host, pid, created_at FROM checkpoints WHERE status = 'pending' AND id IN ({})", owners):
+            if not writer_gone(host, pid, _read_time(created), cid):
+                alive.add(cid)
+    stale = [c for c, (owner, _, _) in existing.items() if owner not in alive and owner != ckpt_id]
+    for i in range(0, len(stale), _CHUNK):
+        chunk = stale[i:i + _CHUNK]
+        raw.run(f'DELETE FROM claims WHERE "check" IN ({",".join("?" * len(chunk))})', chunk)
+    ts, pid = raw.time(now()), os.getpid()
     rows: list[tuple] = []
     for c in wanted:
         claim = existing.get(c)
-        if claim is not None and claim.checkpoint_id in alive and claim.checkpoint_id != ckpt_id:
-            others[c] = claim.checkpoint_id
-        elif claim is not None and claim.checkpoint_id == ckpt_id and (claim.host, claim.pid) != (HOST, pid):
+        if claim is not None and claim[0] in alive and claim[0] != ckpt_id:
+            others[c] = claim[0]
+        elif claim is not None and claim[0] == ckpt_id and (claim[1], claim[2]) != (HOST, pid):
             siblings.add(c)
         else:
             mine.add(c)
-            if claim is None or claim.checkpoint_id != ckpt_id:
+            if claim is None or claim[0] != ckpt_id:
                 rows.append((c, ckpt_id, ts, HOST, pid))
-    if rows:
-        s.execute(insert(Claim), [dict(zip(("check", "checkpoint_id", "created_at", "host", "pid"), r))
-                                  for r in rows])
+    raw.many('INSERT INTO claims ("check", checkpoint_id, created_at, host, pid) VALUES (?, ?, ?, ?, ?)', rows)
     return mine, others, siblings
 
 
-def begin_save(s: Session, ckpt_id: str, run: str, epoch: int, step: int | None, variant: str, parent: str | None,
+def begin_save(s: Session | Raw, ckpt_id: str, run: str, epoch: int, step: int | None, variant: str, parent: str | None,
                default_parent: bool, logical_size: int, lookups: list[str], claims: list[str]) -> Begun:
     """Step A of a save in one transaction: the claim, what the store already holds, what to write."""
     begun = Begun(claim_checkpoint(s, ckpt_id, run, epoch, step, variant, parent, default_parent, logical_size))
@@ -203,13 +245,13 @@ def begin_save(s: Session, ckpt_id: str, run: str, epoch: int, step: int | None,
     return begun
 
 
-def begin_part(s: Session, ckpt_id: str, lookups: list[str], claims: list[str]) -> Begun:
+def begin_part(s: Session | Raw, ckpt_id: str, lookups: list[str], claims: list[str]) -> Begun:
     """Step A for one process of a multi-process save whose (run, epoch, step) another process claimed:
     what the store already holds, and which new tensors this process writes."""
-    row = s.get(Checkpoint, ckpt_id)
-    if row is None or row.status != "pending":
+    row = _r(s).one("SELECT status, parent_id FROM checkpoints WHERE id = ?", (ckpt_id,))
+    if row is None or row[0] != "pending":
         raise CkptError(f"save {ckpt_id[:12]} was abandoned by the process that began it; nothing was written")
-    begun = Begun(row.parent_id, lookup(s, lookups))
+    begun = Begun(row[1], lookup(s, lookups))
     todo = [c for c in claims if c not in begun.known]
     if todo:
         begun.mine, begun.others, begun.siblings = claim_tensors(s, ckpt_id, todo)
@@ -224,62 +266,62 @@ def pending_claims(s: Session, checks: list[str]) -> dict[str, str]:
     return out
 
 
-def release(s: Session, ckpt_id: str) -> None:
+def release(s: Session | Raw, ckpt_id: str) -> None:
     """Forget a save that will not commit: its claims and its pending row."""
-    s.execute(delete(Claim).where(Claim.checkpoint_id == ckpt_id))
-    s.execute(delete(Checkpoint).where(Checkpoint.id == ckpt_id, Checkpoint.status == "pending"))
+    raw = _r(s)
+    raw.run("DELETE FROM claims WHERE checkpoint_id = ?", (ckpt_id,))
+    raw.run("DELETE FROM checkpoints WHERE id = ? AND status = 'pending'", (ckpt_id,))
 
 
-def ingest(s: Session, m: Manifest, pack_sizes: dict[str, int] | None = None, tags: Iterable[str] = (), *,
-           status: str | None = None) -> Checkpoint:
+def ingest(s: Session | Raw, m: Manifest, pack_sizes: dict[str, int] | None = None, tags: Iterable[str] = (), *,
+           status: str | None = None) -> None:
     """Make the index agree with a manifest (step D of a save, recovery and sync all come through here).
 
     Idempotent. Tensor rows are added only for packs the index did not know, so a save that reused
     every tensor adds none."""
-    run = touch_run(s, m.run, status=status)
+    raw = _r(s)
+    run_id = _run_id(raw, m.run, status=status)
     sizes = dict(m.pack_sizes)
     sizes.update(pack_sizes or {})
-    row = s.get(Checkpoint, m.id)
+    row = raw.one("SELECT status, seq FROM checkpoints WHERE id = ?", (m.id,))
     if row is None:
-        row = Checkpoint(id=m.id, run_id=run.id, epoch=m.epoch, step=m.step, step_key=step_key(m.step),
-                         variant=m.variant, format=m.format, status="pending",
-                         created_at=_parse_time(m.created_at), parent_id=m.parent, logical_size=m.logical_size,
-                         new_bytes=m.new_bytes, host=m.host or None, pid=m.pid)
-        s.add(row)
-        s.flush()
+        raw.run("INSERT INTO checkpoints (id, run_id, epoch, step, step_key, variant, format, status, created_at, "
+                "parent_id, logical_size, new_bytes, host, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (m.id, run_id, m.epoch, m.step, step_key(m.step), m.variant, m.format,
+                 raw.time(_parse_time(m.created_at)), m.parent, m.logical_size, m.new_bytes, m.host or None, m.pid))
     packs = list(m.table.packs)
-    known_packs: set[str] = set()
-    for chunk in chunks(packs):
-        known_packs |= set(s.scalars(select(Pack.id).where(Pack.id.in_(chunk))))
+    known_packs = {r[0] for r in raw.where_in("SELECT id FROM packs WHERE id IN ({})", packs)} if packs else set()
     fresh = [p for p in packs if p not in known_packs]
     if fresh:
-        ts = now()
-        s.execute(insert(Pack), [{"id": p, "size": int(sizes.get(p, 0)), "status": "live", "created_at": ts}
-                                 for p in fresh])
-        _insert_tensors(s, m, fresh)
-    pinned = set(s.scalars(select(CheckpointPack.pack_id).where(CheckpointPack.checkpoint_id == m.id)))
-    missing = [{"checkpoint_id": m.id, "pack_id": p} for p in packs if p not in pinned]
-    if missing:
-        s.execute(insert(CheckpointPack), missing)
-    s.execute(delete(Metric).where(Metric.checkpoint_id == m.id))
-    if m.metrics:
-        s.execute(insert(Metric), [{"checkpoint_id": m.id, "name": name, "position": pos,
-                                    "value": value if value == value and abs(value) != float("inf") else None,
-                                    "raw": repr(value)} for pos, (name, value) in enumerate(m.metrics.items())])
-    for tag in tags:
-        s.execute(delete(Tag).where(Tag.name == tag))
-        s.add(Tag(name=tag, checkpoint_id=m.id, created_at=now()))
-    s.execute(delete(Claim).where(Claim.checkpoint_id == m.id))
-    if row.status != "committed":
-        row.status = "committed"
-        row.seq = (s.scalar(select(func.max(Checkpoint.seq)).where(Checkpoint.status == "committed")) or 0) + 1
-    row.content_hash, row.new_bytes, row.logical_size = m.content_hash, m.new_bytes, m.logical_size
-    row.format, row.variant = m.format, m.variant
-    s.flush()
-    return row
+        ts = raw.time(now())
+        raw.many("INSERT INTO packs (id, size, status, created_at) VALUES (?, ?, 'live', ?)",
+                 [(p, int(sizes.get(p, 0)), ts) for p in fresh])
+        _insert_tensors(raw, m, fresh)
+    pinned = {r[0] for r in raw.rows("SELECT pack_id FROM checkpoint_packs WHERE checkpoint_id = ?", (m.id,))} \
+        if row is not None else set()
+    raw.many("INSERT INTO checkpoint_packs (checkpoint_id, pack_id) VALUES (?, ?)",
+             [(m.id, p) for p in packs if p not in pinned])
+    if row is not None:
+        raw.run("DELETE FROM metrics WHERE checkpoint_id = ?", (m.id,))
+    raw.many("INSERT INTO metrics (checkpoint_id, name, position, value, raw) VALUES (?, ?, ?, ?, ?)",
+             [(m.id, name, pos, value if value == value and abs(value) != float("inf") else None, repr(value))
+              for pos, (name, value) in enumerate(m.metrics.items())])
+    for t in tags:
+        tag(raw, t, m.id)
+    if row is not None:
+        raw.run("DELETE FROM claims WHERE checkpoint_id = ?", (m.id,))
+    if row is None or row[0] != "committed":
+        seq = (raw.value("SELECT max(seq) FROM checkpoints WHERE status = 'committed'") or 0) + 1
+        raw.run("UPDATE checkpoints SET status = 'committed', seq = ?, content_hash = ?, new_bytes = ?, "
+                "logical_size = ?, format = ?, variant = ? WHERE id = ?",
+                (seq, m.content_hash, m.new_bytes, m.logical_size, m.format, m.variant, m.id))
+    else:
+        raw.run("UPDATE checkpoints SET content_hash = ?, new_bytes = ?, logical_size = ?, format = ?, variant = ? "
+                "WHERE id = ?", (m.content_hash, m.new_bytes, m.logical_size, m.format, m.variant, m.id))
 
 
-def _insert_tensors(s: Session, m: Manifest, packs: list[str]) -> None:
+def _insert_tensors(s: Session | Raw, m: Manifest, packs: list[str]) -> None:
     import numpy as np
     t = m.table
     wanted = np.isin(t.rows["pack"], [t.packs.index(p) for p in packs])
@@ -297,8 +339,8 @@ def _insert_tensors(s: Session, m: Manifest, packs: list[str]) -> None:
         seen.add(key)
         rows.append((hashes[i], pack, offsets[i], lengths[i], nbytes[i], ("raw", "zstd")[codecs[i]],
                      t.dtypes[dtypes[i]], ",".join(map(str, shapes[i])), checks[i]))
-    bulk_insert(s, "tensors", ("hash", "pack_id", "offset", "length", "nbytes", "codec", "dtype", "shape", "check"),
-                rows)
+    _r(s).many('INSERT INTO tensors (hash, pack_id, "offset", length, nbytes, codec, dtype, shape, "check") '
+                'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', rows)
 
 
 def _parse_time(text: str):  # type: ignore[no-untyped-def]
@@ -358,9 +400,10 @@ def finish_at_exit(s: Session, run: str, status: str) -> None:
               .values(status=status, updated_at=now()))
 
 
-def tag(s: Session, name: str, checkpoint_id: str) -> None:
-    s.execute(delete(Tag).where(Tag.name == name))
-    s.add(Tag(name=name, checkpoint_id=checkpoint_id, created_at=now()))
+def tag(s: Session | Raw, name: str, checkpoint_id: str) -> None:
+    raw = _r(s)
+    raw.run("DELETE FROM tags WHERE name = ?", (name,))
+    raw.run("INSERT INTO tags (name, checkpoint_id, created_at) VALUES (?, ?, ?)", (name, checkpoint_id, raw.time(now())))
 
 
 def untag(s: Session, name: str) -> None:
