@@ -8,6 +8,8 @@ bytes are checked against its checksum before it is returned.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,25 @@ from ckpt.packs import check_bytes, read_slot
 MapLocation = Any
 
 _PARALLEL_BYTES = 4 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """Two reader threads per process, made once: checksumming one tensor overlaps reading the next."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read")
+        return _pool
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 _SMALL = 256 << 10  # tensors up to this size are read in runs
 _RUN_GAP = 64 << 10  # bytes of other tensors a run may read through
 _RUN_MAX = 32 << 20
@@ -92,9 +113,8 @@ def read_slots(storage: Any, m: Manifest, wanted: Iterable[int], outs: Mapping[i
             for run in _runs(small):
                 _read_run(reader, run, outs, verify, result)
             if reader.positional and len(large) > 1 and sum(slots[i].nbytes for i in large) >= _PARALLEL_BYTES:
-                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read") as pool:
-                    tensors = pool.map(lambda i: read_slot(reader, slots[i], outs.get(i), verify=verify), large)
-                    result.update(zip(large, tensors))
+                tensors = _read_pool().map(lambda i: read_slot(reader, slots[i], outs.get(i), verify=verify), large)
+                result.update(zip(large, tensors))
             else:
                 for i in large:
                     result[i] = read_slot(reader, slots[i], outs.get(i), verify=verify)
