@@ -9,6 +9,17 @@ from ckpt import CheckpointStore
 os.environ.setdefault("CKPT_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "ckpt"))
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_determinism():
+    """Tests that train in-process call ``seed_everything``, which turns on deterministic algorithms
+    for the whole process; put the switch back so later tests see torch's defaults."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    if torch.are_deterministic_algorithms_enabled() != before:
+        from ckpt.training.rng import deterministic_algorithms
+        deterministic_algorithms(before)
+
+
 @pytest.fixture
 def store(tmp_path):
     s = CheckpointStore(tmp_path / "store")

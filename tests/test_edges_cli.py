@@ -276,9 +276,6 @@ def test_a_raw_enospc_from_a_command_exits_5_with_advice(loc, monkeypatch):
     assert "No space left on device: /x/y" in err and "free space" in err
 
 
-@pytest.mark.xfail(strict=False, reason="cli/plot.py (the plot rewrite): an unknown image suffix reaches "
-                                        "matplotlib and comes back as a raw ValueError (exit 3); check the suffix "
-                                        "first and fail with a usage error")
 def test_plot_to_an_unknown_image_format_is_a_usage_error(loc, tmp_path):
     err = one_line(run("--store", loc, "plot", "val_acc", "-o", str(tmp_path / "x.bmp")), 2)
     assert "bmp" in err and not (tmp_path / "x.bmp").exists()

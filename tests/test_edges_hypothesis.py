@@ -121,8 +121,6 @@ def test_state_plain_values_round_trip_exactly(store, values):
         assert same_bits(back, state)
 
 
-@pytest.mark.xfail(strict=False, reason="core: format 2: manifest.content_hash hashes repr(int), which raises "
-                                        "ValueError past 4300 digits; hash ints by their bytes")
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=st.sampled_from(TOO_MANY_DIGITS))
 def test_state_ints_beyond_the_str_digit_limit(store, value):

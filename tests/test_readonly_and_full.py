@@ -133,6 +133,25 @@ def test_readonly_open_writes_nothing_even_with_an_old_or_missing_index(tmp_path
     assert _tree(str(loc)) == before, "a read-only open created or changed files"
 
 
+def test_a_long_lived_read_only_store_sees_checkpoints_committed_after_it_opened(tmp_path):
+    """An evaluator opens the store read-only while no writer is running (the index is then opened
+    immutable, creating nothing) and must still see what a trainer commits later, from another process."""
+    loc = tmp_path / "s"
+    with CheckpointStore(loc) as store:
+        store.save("r", 0, _state(0))
+    save = (f"from ckpt import CheckpointStore\nimport torch\n"
+            f"with CheckpointStore({str(loc)!r}) as s:\n"
+            f"    s.save('r', {{e}}, {{{{'w': torch.full((8,), {{e}}.0)}}}})\n")
+    with CheckpointStore(loc, readonly=True) as watcher:
+        assert watcher.latest().epoch == 0
+        for epoch in (1, 2):
+            done = subprocess.run([sys.executable, "-c", save.format(e=epoch)], capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert watcher.latest().epoch == epoch
+            assert torch.equal(watcher.load("latest")["w"], torch.full((8,), float(epoch)))
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"

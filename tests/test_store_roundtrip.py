@@ -43,6 +43,21 @@ def test_every_dtype_round_trips_bit_exact(any_store):
     assert any_store.verify().ok
 
 
+def test_loads_inside_a_deterministic_training_run(store):
+    """``seed_everything`` turns on deterministic algorithms, under which ``torch.empty`` fills new
+    tensors with NaN and raises for float4 and the bit-packed dtypes: loads must not depend on it."""
+    from ckpt.training.rng import deterministic_algorithms
+    state = {str(d): _random_tensor(d, (3, 4), i) for i, d in enumerate(ALL_DTYPES)}
+    state["zero_size"] = torch.empty(0, 2, dtype=torch.float16)
+    store.save("det", 0, state)
+    deterministic_algorithms(True)
+    try:
+        back = store.load()
+        assert_same(state, back)
+    finally:
+        deterministic_algorithms(False)
+
+
 def test_structure_is_preserved_exactly(any_store):
     od = collections.OrderedDict([("b", torch.ones(2)), ("a", torch.zeros(2))])
     od._metadata = {"": {"version": 1}}

@@ -20,7 +20,7 @@ import torch
 from ckpt.errors import InvalidArgumentError, KeyMismatchError
 from ckpt.format.manifest import Manifest, Slot, pack_path
 from ckpt.format.skeleton import TensorSlot
-from ckpt.format.tensors import dtype_from_name, dtype_name, raw_view
+from ckpt.format.tensors import dtype_name, empty_tensor, raw_view
 from ckpt.packs import check_bytes, read_slot
 
 MapLocation = Any
@@ -75,7 +75,7 @@ def _read_run(reader: Any, run: list[tuple[int, Slot]], outs: Mapping[int, torch
     for i, s in run:
         out = outs.get(i)
         if out is None:
-            out = torch.empty(s.shape, dtype=dtype_from_name(s.dtype))
+            out = empty_tensor(s.dtype, s.shape)
         dst = raw_view(out)
         if len(dst) != s.nbytes:
             from ckpt.errors import CorruptCheckpointError

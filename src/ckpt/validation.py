@@ -27,6 +27,16 @@ _RESERVED = {"latest", "best"}
 INT_MIN = 0
 INT_MAX = 2**62 - 1
 
+#: The step key of a checkpoint saved without a step: after every stepped checkpoint of its epoch, so
+#: RUN@EPOCH means the epoch-end checkpoint when there is one (NULLs never collide in UNIQUE, hence a
+#: key). Above INT_MAX, so no real step can take it; below 2**63, so it fits a signed 64-bit column.
+NO_STEP = 2**62
+
+
+def step_key(step: int | None) -> int:
+    """The sort and uniqueness key of a step: its value, or :data:`NO_STEP` for an epoch's end."""
+    return NO_STEP if step is None else step
+
 # Cc: C0, DEL and C1 controls; Cs: lone surrogates (not encodable as UTF-8); Zl/Zp: U+2028/U+2029,
 # which str.splitlines() and some terminals treat as line breaks.
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
@@ -50,6 +60,18 @@ def control_character(text: str) -> str | None:
         if unicodedata.category(c) in _BAD_CATEGORIES:
             return f"U+{ord(c):04X}"
     return None
+
+
+def utf8(kind: str, text: str, error: type[Exception] = InvalidArgumentError) -> str:
+    """``text`` unchanged when it encodes as UTF-8; ``error`` when it holds a lone surrogate (what Python
+    makes of undecodable bytes in argv or file names), which no name in a store can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise error(f"{kind} {describe(text)} is not valid UTF-8 text: it holds the lone surrogate "
+                    f"U+{ord(bad):04X} (undecodable bytes); no run, tag or metric name can contain one") from None
+    return text
 
 
 def _text(kind: str, value: Any, limit: int, *, strip: bool = True) -> str:

@@ -27,7 +27,7 @@ from ckpt.catalog.raw import Raw
 from ckpt.catalog.schema import (Checkpoint, CheckpointPack, Claim, Meta, Metric, Pack, Run, Tag,
                                  TensorBlob)
 from ckpt.catalog.selectors import MAX_CANDIDATES, Resolver, parse, resolve
-from ckpt.errors import InvalidArgumentError
+from ckpt import validation
 from ckpt.records import CheckpointInfo, RunInfo
 
 __all__ = ["Catalog", "display_url", "parse"]
@@ -41,8 +41,11 @@ class Catalog:
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.readonly = readonly
+        #: (path, file signature) while the index is open immutable: SQLite then never looks at the
+        #: file again, so every read compares the signature and reopens once a writer has touched it.
+        self._frozen: tuple[str, tuple] | None = None
         if readonly and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            self.index = _open_readonly_sqlite(url)
+            self.index, self._frozen = _open_readonly_sqlite(url)
         else:
             self.index = Index(url)
         ensure_schema(self.index, readonly=readonly)
@@ -60,14 +63,24 @@ class Catalog:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self.index.read() as s:
+        with self._thawed().read() as s:
             yield s
 
     @contextmanager
     def raw(self) -> Iterator[Raw]:
         """Driver SQL on a plain connection: the reads on a save's path, without ORM sessions."""
-        with self.index.connect() as conn:
+        with self._thawed().connect() as conn:
             yield Raw(conn)
+
+    def _thawed(self) -> Index:
+        """The index, reopened first when it was opened immutable and the file has changed since (a
+        writer committed): a long-lived read-only store must see new checkpoints."""
+        if self._frozen is not None:
+            path, signature = self._frozen
+            if _signature(path) != signature:
+                self.index.dispose()
+                self.index, self._frozen = _open_readonly_sqlite("sqlite:///" + path)
+        return self.index
 
     def write(self, fn: Callable[..., T], *args: Any, durable: bool = True, raw: bool = False, **kwargs: Any) -> T:
         return self.index.write_txn(fn, *args, durable=durable, raw=raw, **kwargs)
@@ -110,8 +123,10 @@ class Catalog:
 
     def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
              tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        limit = validation.limit("limit", limit)
+        for kind, text in (("run", run), ("sort", sort), ("tag", tag)):
+            if isinstance(text, str):
+                validation.utf8(kind, text)
         with self.read() as s:
             return queries.list_checkpoints(s, run, sort, mode=mode, tag=tag, limit=limit)
 
@@ -197,7 +212,16 @@ class Catalog:
             return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0 for t in TABLES}
 
 
-def _open_readonly_sqlite(url: str) -> Index:
+def _signature(path: str) -> tuple:
+    import os
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(path + "-wal")
+
+
+def _open_readonly_sqlite(url: str) -> tuple[Index, tuple[str, tuple] | None]:
     """A SQLite index opened read-only, creating nothing: while a writer has it open (its -wal file
     exists) through SQLite's read-only mode, which shares the writer's files; otherwise, and on a
     directory nobody may write (a mounted snapshot), as immutable, which needs no -wal/-shm at all."""
@@ -209,13 +233,14 @@ def _open_readonly_sqlite(url: str) -> Index:
     path = url[len("sqlite:///"):]
     if not os.path.exists(path):
         raise StorageError(f"no index at {path}")
+    signature = _signature(path)
     live = os.path.exists(path + "-wal")
     for immutable in ((False, True) if live else (True,)):
         index = Index(readonly_sqlite_url(url, immutable), readonly=True)
         try:
             with index.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
-            return index
+            return index, ((path, signature) if immutable else None)
         except OperationalError as exc:
             index.dispose()
             if immutable:

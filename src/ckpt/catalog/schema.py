@@ -46,7 +46,7 @@ class Checkpoint(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     epoch: Mapped[int] = mapped_column(BigInteger)
     step: Mapped[int | None] = mapped_column(BigInteger)
-    # step, or commit.NO_STEP when there is none: NULLs never collide in a UNIQUE constraint.
+    # step, or validation.NO_STEP when there is none: NULLs never collide in a UNIQUE constraint.
     step_key: Mapped[int] = mapped_column(BigInteger)
     # Two saves at one (run, epoch, step) with different content (a weights-only and a full Lightning
     # checkpoint) are told apart by a variant name; "" is the ordinary checkpoint.

@@ -51,6 +51,7 @@ def parse(selector: str) -> Parsed:
     if not isinstance(selector, str) or not selector.strip():
         raise SelectorError(f"a selector must be a non-empty string, got {selector!r}; try 'latest', "
                             f"'best:val_acc', 'RUN@EPOCH', a tag or an id prefix")
+    validation.utf8("selector", selector, SelectorError)
     sel = selector.strip()
     back = 0
     m = _TILDE.match(sel)

@@ -22,18 +22,14 @@ from ckpt.catalog.raw import Raw
 from ckpt.catalog.schema import Checkpoint, Claim, Meta, Pack, Run, Tag, TensorBlob
 from ckpt.errors import CkptError, DuplicateCheckpointError
 from ckpt.format.manifest import Manifest
+from ckpt.validation import step_key
 
-#: The step key of a checkpoint saved without a step: after every stepped checkpoint of its epoch, so
-#: RUN@EPOCH means the epoch-end checkpoint when there is one. (NULLs never collide in UNIQUE, hence a key.)
-NO_STEP = 2**62
 _CHUNK = 500
 
 #: Saves this process is running right now; a pending row of ours that is not here was abandoned.
 IN_FLIGHT: set[str] = set()
 
 
-def step_key(step: int | None) -> int:
-    return NO_STEP if step is None else step
 
 
 def bulk_insert(s: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:

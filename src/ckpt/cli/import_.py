@@ -10,9 +10,8 @@ import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, describe, emit_json, human_bytes, json_option, pass_ctx
-from ckpt.validation import INT_MAX, INT_MIN
+from ckpt.validation import INT_MAX, INT_MIN, step_key
 
-NO_STEP = 2**62  # a checkpoint without a step is its epoch's end: after the epoch's step checkpoints
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -34,7 +33,7 @@ class Item:
 
     @property
     def key(self) -> tuple[int, int]:
-        return self.epoch, NO_STEP if self.step is None else self.step
+        return self.epoch, step_key(self.step)
 
     def where(self) -> str:
         return f"epoch {self.epoch}" + ("" if self.step is None else f", step {self.step}")
@@ -121,13 +120,13 @@ def command(ctx, files, run, epoch, step, metrics, tags, parent) -> None:  # typ
     store = ctx.open(readonly=False, create=parent is None)  # only now: a bad file never creates a store
     parent_id = store.get(parent).id if parent else None
     existing = _existing(store, run)
-    by_key = {(i.epoch, NO_STEP if i.step is None else i.step): i for i in existing}
+    by_key = {(i.epoch, step_key(i.step)): i for i in existing}
     for item in items:
         if item.key in by_key:
             raise _clash_error(run, item, by_key[item.key])
-    later = [i for i in existing if (i.epoch, NO_STEP if i.step is None else i.step) > items[0].key]
+    later = [i for i in existing if (i.epoch, step_key(i.step)) > items[0].key]
     if later and parent is None:
-        newest = max(later, key=lambda i: (i.epoch, NO_STEP if i.step is None else i.step))
+        newest = max(later, key=lambda i: (i.epoch, step_key(i.step)))
         click.echo(f"note: run {console.safe(run)!r} already has later checkpoints (up to {describe(newest)}); "
                    f"the imported ones become its latest", err=True)
     before = next((r.status for r in store.runs() if r.name == run), None)
@@ -138,9 +137,9 @@ def command(ctx, files, run, epoch, step, metrics, tags, parent) -> None:  # typ
                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         values.update(extra)
         if n == 0 and parent_id is None and existing:  # lineage by training order, not by commit order
-            earlier = [i for i in existing if (i.epoch, NO_STEP if i.step is None else i.step) < item.key]
+            earlier = [i for i in existing if (i.epoch, step_key(i.step)) < item.key]
             if earlier:
-                parent_id = max(earlier, key=lambda i: (i.epoch, NO_STEP if i.step is None else i.step)).id
+                parent_id = max(earlier, key=lambda i: (i.epoch, step_key(i.step))).id
         with console.progress(f"saving {item.file} to {run}@{item.epoch}"):
             try:
                 info = store.save(run, item.epoch, item.imported.state, values, step=item.step,

@@ -6,9 +6,8 @@ import click
 
 from ckpt.cli import console
 from ckpt.cli.common import CliError, emit_json, fmt_metric, human_bytes, json_option, pass_ctx
-from ckpt.validation import INT_MAX
+from ckpt.validation import INT_MAX, step_key
 
-NO_STEP = 2**62  # an epoch-end checkpoint (no step) sorts after the epoch's step checkpoints
 
 
 def parse_keep_best(text: str | None) -> tuple[int | None, str | None]:
@@ -102,7 +101,7 @@ def render(plan, dry_run: bool, metric: str | None) -> console.FitTable:  # type
         C("why", min_width=26))
     removed_why = getattr(plan, "removed_reasons", {})
     rows = sorted([(i, True) for i in plan.keep] + [(i, False) for i in plan.remove],
-                  key=lambda r: (r[0].run, r[0].epoch, NO_STEP if r[0].step is None else r[0].step))
+                  key=lambda r: (r[0].run, r[0].epoch, step_key(r[0].step)))
     for info, kept in rows:
         why = reasons(plan.reasons.get(info.id, [])) if kept else removed_why.get(info.id, "")
         t.add_row("keep" if kept else ("remove" if dry_run else "removed"), info.short_id, info.run,

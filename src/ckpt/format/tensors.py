@@ -9,6 +9,7 @@ up in the table, never resolved with ``getattr(torch, name)``.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -187,6 +188,20 @@ def checksum(data: memoryview | bytes) -> str:
 
 
 def empty_tensor(dtype_name: str, shape: Sequence[int]) -> torch.Tensor:
-    """Uninitialized CPU tensor to read stored bytes into (see :func:`byte_view`)."""
-    return torch.empty(tuple(int(d) for d in shape), dtype=dtype_from_name(dtype_name))
+    """CPU tensor to read stored bytes into (see :func:`byte_view`).
+
+    Not ``torch.empty``: under ``torch.use_deterministic_algorithms(True)`` (what a reproducible
+    training run turns on) it fills every new tensor with NaN first, which costs a pass over memory
+    and is not implemented at all for float4 and the other bit-packed dtypes. A zeroed bytearray
+    comes from calloc (fresh pages, no pass) and is viewed as the stored dtype.
+    """
+    return empty(shape, dtype_from_name(dtype_name))
+
+
+def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`empty_tensor` for a torch dtype."""
+    dims = tuple(int(d) for d in shape)
+    n = math.prod(dims) * dtype.itemsize
+    flat = torch.frombuffer(bytearray(n), dtype=torch.uint8) if n else torch.zeros(0, dtype=torch.uint8)
+    return flat.view(dtype).reshape(dims)
 

@@ -62,7 +62,7 @@ from ckpt import commit, validation
 from ckpt.errors import CkptError, InvalidArgumentError
 from ckpt.format import manifest as mf
 from ckpt.format.skeleton import TensorSlot, flatten
-from ckpt.format.tensors import byte_view, check_supported, contiguous_cpu, dtype_name
+from ckpt.format.tensors import byte_view, check_supported, contiguous_cpu, dtype_name, empty
 from ckpt.metrics import to_float
 from ckpt.packs import read_slot
 from ckpt.records import CheckpointInfo
@@ -455,7 +455,7 @@ def load_full(store: Any, selector: Any = "latest", *, run: str | None = None,
         if e["type"] == "bytes":
             wanted.setdefault(_slot_of(e["data"]), []).append((fqn, None, None))
         else:
-            out[fqn] = torch.empty(tuple(e["size"]), dtype=e["dtype"])
+            out[fqn] = empty(e["size"], e["dtype"])
             for c in e["chunks"]:
                 wanted.setdefault(_slot_of(c["data"]), []).append((fqn, c["offsets"], c["sizes"]))
     by_pack: dict[str, list[int]] = {}
