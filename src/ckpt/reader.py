@@ -8,6 +8,7 @@ bytes are checked against its checksum before it is returned.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -20,7 +21,7 @@ import torch
 from ckpt.errors import InvalidArgumentError, KeyMismatchError
 from ckpt.format.manifest import Manifest, Slot, pack_path
 from ckpt.format.skeleton import TensorSlot
-from ckpt.format.tensors import dtype_name, empty_tensor, raw_view
+from ckpt.format.tensors import dtype_from_name, dtype_name, empty_tensor, raw_view
 from ckpt.packs import check_bytes, read_slot
 
 MapLocation = Any
@@ -251,15 +252,17 @@ def load_into(storage: Any, m: Manifest, target: Any, *, key: Any = "model", str
         raise KeyMismatchError(f"no key of the checkpoint sub-tree {path or '(root)'} matches the target "
                                f"(checkpoint has {list(source)[:10]}, target has {list(dest)[:10]}); check "
                                f"key= and prefixes such as 'module.'", missing, unexpected)
-    # Each destination memory is written by exactly one key: the last one that maps to it (tied weights).
+    # Each destination view is written by exactly one key: the last one that maps to it (tied weights
+    # are one view under two names). Different views of one storage (a flat parameter buffer) are
+    # each written, through the host buffers, never read straight into.
     last_for: dict[tuple, str] = {}
-    shared: set[tuple] = set()
+    views_of: dict[tuple, set[tuple]] = {}
     for k in matched:
         mem = _memory(dest[k])
-        if mem in last_for and _view(dest[last_for[mem]]) != _view(dest[k]):
-            shared.add(mem)  # two different views of one storage: never read straight into it
-        last_for[mem] = k
-    writers = [k for k in matched if last_for[_memory(dest[k])] == k]
+        views_of.setdefault(mem, set()).add(_view(dest[k]))
+        last_for[(mem, _view(dest[k]))] = k
+    shared = {mem for mem, views in views_of.items() if len(views) > 1}
+    writers = [k for k in matched if last_for[(_memory(dest[k]), _view(dest[k]))] == k]
     direct: dict[int, torch.Tensor] = {}
     staged: list[tuple[str, int]] = []
     for k in writers:
@@ -272,10 +275,110 @@ def load_into(storage: Any, m: Manifest, target: Any, *, key: Any = "model", str
     with torch.no_grad():
         read_slots(storage, m, direct.keys(), outs=direct, verify=verify)
         if staged:
-            loaded = read_slots(storage, m, {s for _, s in staged}, verify=verify)
-            for k, slot in staged:
-                dest[k].copy_(loaded[slot])
+            fill_through_host(storage, m, staged, dest, verify=verify)
     return missing, unexpected, len(matched)
+
+
+_BATCH = 128 << 20  # bytes of one host buffer; two alternate
+
+
+class _HostBuffer:
+    """A reusable host byte buffer (pinned when it feeds a GPU) and the copies still reading from it."""
+
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+        self.arena: torch.Tensor | None = None
+        self.events: list[Any] = []
+
+    def carve(self, layout: list[tuple[str, tuple]]) -> list[torch.Tensor]:
+        sizes = [-(-math.prod(shape) * dtype_from_name(d).itemsize // 64) * 64 for d, shape in layout]
+        if self.arena is None or self.arena.numel() < sum(sizes):
+            self.arena = None
+            self.arena = torch.empty(max(sum(sizes), 1), dtype=torch.uint8, pin_memory=self.pinned)
+        views, off = [], 0
+        for (d, shape), size in zip(layout, sizes):
+            dtype = dtype_from_name(d)
+            n = math.prod(shape) * dtype.itemsize
+            views.append(self.arena[off:off + n].view(dtype).view(shape))
+            off += size
+        return views
+
+    def record(self, devices: set[Any]) -> None:
+        self.events = []
+        for device in devices:
+            with torch.cuda.device(device):
+                event = torch.cuda.Event()
+                event.record()
+                self.events.append(event)
+
+    def wait(self) -> None:
+        for event in self.events:
+            event.synchronize()
+        self.events = []
+
+
+_buffers: dict[bool, list[_HostBuffer]] = {}
+_buffers_lock = threading.Lock()
+
+
+def _take_buffers(pinned: bool) -> list[_HostBuffer]:
+    with _buffers_lock:
+        pair = _buffers.pop(pinned, None)
+    return pair or [_HostBuffer(pinned), _HostBuffer(pinned)]
+
+
+def _give_back(pinned: bool, pair: list[_HostBuffer]) -> None:
+    """Keep pinned buffers for the next load (pinning costs more than copying); let plain memory go."""
+    if not pinned:
+        return
+    for buf in pair:
+        if buf.arena is not None and buf.arena.numel() > 2 * _BATCH:
+            buf.arena = None  # one huge tensor needed it: not worth holding pinned
+    with _buffers_lock:
+        _buffers.setdefault(pinned, pair)
+
+
+def fill_through_host(storage: Any, m: Manifest, staged: list[tuple[str, int]], dest: Mapping[str, torch.Tensor],
+                      *, verify: bool | str = True) -> None:
+    """Fill destinations that cannot be read into directly (on a GPU, another dtype, a view, a storage
+    shared by several keys) through two reused host buffers of bounded size, batch by batch in file
+    order: memory stays flat however large the model, and for GPU destinations the buffers are pinned,
+    so each batch's copies to the device run asynchronously while the next batch is read."""
+    slots = m.slots
+    keys_of: dict[int, list[str]] = {}
+    for k, slot in staged:
+        keys_of.setdefault(slot, []).append(k)
+    order = sorted(keys_of, key=lambda i: (slots[i].pack, slots[i].offset))
+    batches: list[list[int]] = [[]]
+    size = 0
+    for i in order:
+        if batches[-1] and size + slots[i].nbytes > _BATCH:
+            batches.append([])
+            size = 0
+        batches[-1].append(i)
+        size += slots[i].nbytes
+    gpu = any(dest[k].device.type == "cuda" for k, _ in staged)
+    pair = _take_buffers(gpu)
+    try:
+        for n, batch in enumerate(batches):
+            buf = pair[n % 2]
+            buf.wait()  # the device copies out of this buffer (two batches ago) have finished
+            views = buf.carve([(slots[i].dtype, slots[i].shape) for i in batch])
+            read_slots(storage, m, batch, outs=dict(zip(batch, views)), verify=verify)
+            devices = set()
+            for i, view in zip(batch, views):
+                for k in keys_of[i]:
+                    target = dest[k]
+                    on_gpu = target.device.type == "cuda"
+                    target.copy_(view, non_blocking=on_gpu and buf.pinned)
+                    if on_gpu:
+                        devices.add(target.device)
+            if devices:
+                buf.record(devices)
+    finally:
+        for buf in pair:
+            buf.wait()  # also after a failure: no copy may still read a buffer that is handed on
+        _give_back(gpu, pair)
 
 
 def _view(t: torch.Tensor) -> tuple:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,6 +78,8 @@ class CheckpointStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: PendingSave | None = None
         self._staging: Any = None  # ckpt.staging.Staging, made by the first asynchronous save
+        self._device_staging = threading.local()  # per thread: pinned buffers for blocking saves' GPU tensors
+        self._device_stagings: list[Any] = []
         self._files.bind(self._ctx, readonly=readonly)
 
     # -- compatibility handles ------------------------------------------------------------------
@@ -117,8 +120,9 @@ class CheckpointStore:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-            if self._staging is not None:
-                self._staging.release()
+            for staging in [self._staging, *self._device_stagings]:
+                if staging is not None:
+                    staging.release()
             self.catalog.close()
 
     def __enter__(self) -> "CheckpointStore":
@@ -163,8 +167,8 @@ class CheckpointStore:
         from ckpt.snapshot import take
         if blocking:
             with paused():
-                return self._persist(run, epoch, take(state), metric_values, step, variant, parent_id,
-                                     parent is None, tags)
+                return self._persist(run, epoch, take(state, device_staging=self._thread_staging()), metric_values,
+                                     step, variant, parent_id, parent is None, tags)
         if self._staging is None:
             from ckpt.staging import Staging
             self._staging = Staging()
@@ -176,6 +180,15 @@ class CheckpointStore:
                                    parent is None, tags)
         self._pending = PendingSave(future)
         return self._pending
+
+    def _thread_staging(self) -> Any:
+        """This thread's staging for blocking saves (buffers are allocated on the first GPU tensor only)."""
+        staging = getattr(self._device_staging, "value", None)
+        if staging is None:
+            from ckpt.staging import Staging
+            staging = self._device_staging.value = Staging()
+            self._device_stagings.append(staging)
+        return staging
 
     def _persist(self, run: str, epoch: int, snap: Any, metrics: dict[str, float], step: int | None, variant: str,
                  parent: str | None, default_parent: bool, tags: tuple[str, ...]) -> CheckpointInfo:
