@@ -9,15 +9,17 @@ from ckpt import CheckpointStore
 os.environ.setdefault("CKPT_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "ckpt"))
 
 
+_DETERMINISTIC_AT_START = torch.are_deterministic_algorithms_enabled()
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_determinism():
-    """Tests that train in-process call ``seed_everything``, which turns on deterministic algorithms
-    for the whole process; put the switch back so later tests see torch's defaults."""
-    before = torch.are_deterministic_algorithms_enabled()
+    """Tests and module fixtures that train in-process call ``seed_everything``, which turns on
+    deterministic algorithms for the whole process; put torch's default back after every test."""
     yield
-    if torch.are_deterministic_algorithms_enabled() != before:
+    if torch.are_deterministic_algorithms_enabled() != _DETERMINISTIC_AT_START:
         from ckpt.training.rng import deterministic_algorithms
-        deterministic_algorithms(before)
+        deterministic_algorithms(_DETERMINISTIC_AT_START)
 
 
 @pytest.fixture

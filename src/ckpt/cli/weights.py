@@ -107,10 +107,10 @@ def dcp_select(structure: Mapping, parts: tuple[str, ...] | None) -> tuple[dict[
 
 def dcp_weights(lazy: Any, chosen: Mapping[str, Any], prefix: str | None) -> dict[str, Any]:
     """Whole tensors assembled from their shards, named without ``prefix``."""
-    from ckpt.format.tensors import empty
+    import torch
     out: dict[str, Any] = {}
     for fqn, e in chosen.items():
-        whole = empty(e["size"], e["dtype"])
+        whole = torch.empty(tuple(e["size"]), dtype=e["dtype"])
         for n, c in enumerate(e["chunks"]):
             piece = lazy.tensor(("state_dict_metadata", fqn, "chunks", n, "data"))
             dest = whole
