@@ -821,8 +821,13 @@ def test_prune_on_a_stale_cache_keeps_the_real_latest(tmp_path, s3_url):
             a.save("r", e, {"w": tw._randn(8 * 1024, e)})  # B does not know these
         plan = b.prune(keep_last=2, run="r")
         assert [i.epoch for i in plan.remove] == [2]
+        for e in range(3):
+            a.save("fresh", e, {"w": tw._randn(8 * 1024, e)})  # a run B has never seen
+        plan = b.prune(keep_last=1, run="fresh")
+        assert [i.epoch for i in plan.remove] == [0, 1]
         with CheckpointStore(s3_url, index=f"sqlite:///{tmp_path}/truth.sqlite") as truth:
             assert [i.epoch for i in truth.list(run="r")] == [4, 5]
+            assert [i.epoch for i in truth.list(run="fresh")] == [2]
             for i in truth.list():
                 tw.assert_bit_exact(truth.load(i.id), {"w": tw._randn(8 * 1024, i.epoch)})
             verify_clean(truth)

@@ -372,16 +372,25 @@ class CheckpointStore:
             ids = [i.id for infos in by_run.values() for i in infos]
             return plan(by_run, self.catalog.objectives(), policy, self.catalog.branch_points(ids))
 
-        result = make_plan()
-        result.dry_run = dry_run
         if dry_run:
+            result = make_plan()
+            result.dry_run = True
             result.bytes_freed = sum(self.catalog.exclusive_packs([i.id for i in result.remove]).values())
             return result
-        if not result.remove:  # the common case after a save: no lock when the index lists what storage holds
+
+        def in_step() -> bool:  # the index lists exactly the manifests on storage
             from ckpt import sync
-            if set(sync.listing(self.storage)) == set(self.catalog.committed()):
-                result.bytes_freed = 0
-                return result
+            return set(sync.listing(self.storage)) == set(self.catalog.committed())
+
+        try:
+            first = make_plan()
+        except CheckpointNotFoundError:
+            if in_step():
+                raise
+            first = None  # a run this index has not seen yet (another host saved it): decided below
+        if first is not None and not first.remove and in_step():  # the usual case after a save: no lock
+            first.dry_run, first.bytes_freed = False, 0
+            return first
         plans = []
 
         def planner() -> list[str]:  # under the exclusive lock, from an index in step with storage

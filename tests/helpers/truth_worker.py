@@ -216,7 +216,7 @@ def role_remover(w: Worker) -> None:
             if len(infos) < 4:
                 continue
             victim = w.rng.choice(infos[:-2])
-            store.delete(victim)
+            store.delete(victim, free=w.rng.random() < 0.5)  # half the time its packs are left to gc
             w.emit(f"removed {victim.id}")
             w.count("deletions")
         except Exception as exc:  # noqa: BLE001
