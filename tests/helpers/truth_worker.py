@@ -156,6 +156,10 @@ class Worker:
             self.emit(f"BAD {kind} {name} in {what}: {exc} :: "
                       + traceback.format_exc().replace("\n", " | ")[-1500:])
 
+    def pause(self, low: float, high: float) -> None:
+        """Between two maintenance operations (scaled by ``pace``: slower storage, fewer of them)."""
+        time.sleep(self.rng.uniform(low, high) * float(self.spec.get("pace", 1.0)))
+
     def deadline(self) -> float:
         return time.monotonic() + float(self.spec.get("seconds", 0))
 
@@ -169,6 +173,7 @@ def role_saver(w: Worker) -> None:
     epoch = 0
     while time.monotonic() < end:
         state = truth_state(idx, epoch)
+        t0 = time.monotonic()
         try:
             if epoch % 2:
                 info = store.save(run, epoch, state, {"loss": 1.0 / (epoch + 1)}, blocking=False).result()
@@ -176,6 +181,7 @@ def role_saver(w: Worker) -> None:
                 info = store.save(run, epoch, state, {"loss": 1.0 / (epoch + 1)})
             w.emit(f"saved {run} {epoch} {info.id}")
             w.count("saves")
+            w.counts["max_save_ms"] = max(w.counts.get("max_save_ms", 0), int((time.monotonic() - t0) * 1000))
         except Exception as exc:  # noqa: BLE001
             w.failed(f"save {run}@{epoch}", exc)
         epoch += 1
@@ -199,7 +205,7 @@ def role_pruner(w: Worker) -> None:
             w.count("deletions", len(plan.remove))
         except Exception as exc:  # noqa: BLE001
             w.failed(f"prune run={run}", exc)
-        time.sleep(w.rng.uniform(0.05, 0.3))
+        w.pause(0.05, 0.3)
     store.close()
 
 
@@ -208,7 +214,7 @@ def role_remover(w: Worker) -> None:
     w.wait_go()
     end = w.deadline()
     while time.monotonic() < end:
-        time.sleep(w.rng.uniform(0.1, 0.4))
+        w.pause(0.1, 0.4)
         try:
             if w.spec.get("sync"):
                 store.sync()
@@ -229,7 +235,7 @@ def role_gc(w: Worker) -> None:
     w.wait_go()
     end = w.deadline()
     while time.monotonic() < end:
-        time.sleep(w.rng.uniform(0.1, 0.5))
+        w.pause(0.1, 0.5)
         try:
             report = store.gc(grace_seconds=0)
             w.emit(f"gc {len(report.packs)}")
@@ -245,7 +251,7 @@ def role_reindexer(w: Worker) -> None:
     w.wait_go()
     end = w.deadline()
     while time.monotonic() < end:
-        time.sleep(w.rng.uniform(0.5, 1.5))
+        w.pause(0.5, 1.5)
         try:
             n = store.reindex()
             w.emit(f"reindex {n}")
