@@ -117,7 +117,8 @@ class Catalog:
         out: dict[str, str] = {}
         with self.read() as s:
             for chunk in writes.chunks(sorted(set(ids))):
-                out.update(s.execute(select(Checkpoint.id, Checkpoint.status).where(Checkpoint.id.in_(chunk))).all())
+                rows = s.execute(select(Checkpoint.id, Checkpoint.status).where(Checkpoint.id.in_(chunk)))
+                out.update(rows.all())
         return out
 
     def committed(self) -> dict[str, int]:
