@@ -55,7 +55,7 @@ def in_flight(checkpoint_id: str) -> Iterator[None]:
 def ensure_current(ctx: Context, generation: int) -> None:
     """Before the index is trusted for dedup: forget what deletions since it last looked removed."""
     if ctx.catalog.generation() != generation:
-        sync.sync(ctx, generation=generation)
+        sync.sync(ctx, generation=generation, locked=True)
 
 
 def begin(ctx: Context, ckpt_id: str, run: str, epoch: int, step: int | None, variant: str, parent: str | None,
@@ -81,7 +81,11 @@ def save(ctx: Context, *, run: str, epoch: int, snap: Snapshot, metrics: dict[st
         if default_parent:
             parent = ctx.catalog.latest_id(run)
         parent_manifest = None
-        if parent is not None:
+        if parent is not None and ctx.catalog.committed_format(parent) is None:
+            # Deleted since the caller named it (the index is current under our lock): its manifest may
+            # still be in our cache, but its packs may be gone. Lineage only, no reuse.
+            log.info("parent %s was deleted meanwhile; its tensors are not reused", parent[:12])
+        elif parent is not None:
             try:
                 parent_manifest = ctx.manifest(parent, structure=False)  # only its slot table is used
             except CkptError as exc:  # only an optimisation: a damaged parent just means no reuse

@@ -12,6 +12,7 @@ orphan packs that gc removes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ckpt import refs, sync
@@ -28,9 +29,24 @@ def delete_checkpoints(ctx: Any, ids: list[str], *, free: bool = True,
     """Remove checkpoints (ids another process already removed are skipped); returns the packs freed
     and their sizes."""
     with ctx.locks.exclusive(what="delete") as lock:
-        if ctx.catalog.generation() != lock.generation:
-            sync.sync(ctx, generation=lock.generation)
+        known = ctx.catalog.statuses(ids)
+        if ctx.catalog.generation() != lock.generation or any(known.get(cid) not in statuses for cid in ids):
+            # Another process deleted meanwhile, or an id this index has not seen (another host saved
+            # it): storage says what is there.
+            sync.sync(ctx, generation=lock.generation, locked=True)
         return _delete_locked(ctx, lock, ids, free=free, statuses=statuses)
+
+
+def delete_planned(ctx: Any, planner: Callable[[], list[str]], *, what: str = "prune") -> dict[str, int]:
+    """Remove the checkpoints ``planner`` picks, deciding under the exclusive lock from an index just
+    synchronised with storage (a retention policy must count what storage holds: a stale cache could
+    take a checkpoint another host removed for the run's latest and delete the real one)."""
+    with ctx.locks.exclusive(what=what) as lock:
+        sync.sync(ctx, generation=lock.generation, locked=True)
+        ids = planner()
+        if not ids:
+            return {}
+        return _delete_locked(ctx, lock, ids, free=True, statuses=("committed",))
 
 
 def _delete_locked(ctx: Any, lock: Any, ids: list[str], *, free: bool, statuses: tuple[str, ...]) -> dict[str, int]:

@@ -35,7 +35,7 @@ def collect(ctx: Any, *, dry_run: bool, grace_seconds: float) -> GcReport:
         return _collect(ctx, None, dry_run=True, grace_seconds=grace_seconds)
     with ctx.locks.exclusive(what="gc") as lock:
         if ctx.catalog.generation() != lock.generation:
-            sync.sync(ctx, generation=lock.generation)
+            sync.sync(ctx, generation=lock.generation, locked=True)
         return _collect(ctx, lock, dry_run=False, grace_seconds=grace_seconds)
 
 

@@ -92,8 +92,8 @@ class StoreFiles:
                 log.warning("index at %s is empty but the store has manifests: rebuilding it", cat.url)
                 sync.sync(ctx, generation=generation)
                 sync.restore_refs(ctx)
-            elif cat.generation() != generation:
-                cat.set_meta("generation", str(generation))
+            elif cat.generation() < generation - 1:  # no lock held: see sync.record_generation
+                cat.write(sync.record_generation, generation, locked=False, durable=False)
         elif self.index_is_cache or cat.generation() != generation:
             sync.sync(ctx, generation=generation)
 

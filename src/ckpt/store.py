@@ -382,9 +382,15 @@ class CheckpointStore:
     def delete(self, selector: Any, *, free: bool = True) -> CheckpointInfo:
         """Remove a checkpoint (manifest, index row, tags). With ``free``, the packs that no other
         checkpoint on storage uses are deleted at once; shared ones stay. Deleting a checkpoint another
-        process deleted first is not an error."""
+        process deleted first is not an error (pass the CheckpointInfo: an id string that matches
+        nothing any more is CheckpointNotFoundError, as for a typo)."""
         self._writable()
-        info = self.get(selector)
+        try:
+            info = self.get(selector)
+        except CheckpointNotFoundError:
+            if not isinstance(selector, CheckpointInfo):
+                raise
+            info = selector  # gone already, or being deleted by another process: the same outcome
         from ckpt.deletion import delete_checkpoints
         delete_checkpoints(self._ctx, [info.id], free=free)
         return info
@@ -397,22 +403,48 @@ class CheckpointStore:
         Tagged checkpoints, each run's latest and best, and branch points are always kept.
         Returns a PrunePlan (kept with reasons, removed, bytes freed).
         """
-        from ckpt.deletion import delete_checkpoints
+        from ckpt.deletion import delete_planned
         from ckpt.retention import RetentionPolicy, plan
         policy = RetentionPolicy(keep_last, keep_best, keep_every, metric, mode)
         if not dry_run:
             self._writable()
-        by_run: dict[str, list[CheckpointInfo]] = {}
-        for info in self.list(run=run):  # raises a clear error for an unknown run
-            by_run.setdefault(info.run, []).append(info)
-        ids = [i.id for infos in by_run.values() for i in infos]
-        result = plan(by_run, self.catalog.objectives(), policy, self.catalog.branch_points(ids))
-        remove = [i.id for i in result.remove]
-        result.dry_run = dry_run
+
+        def make_plan():  # type: ignore[no-untyped-def]
+            by_run: dict[str, list[CheckpointInfo]] = {}
+            for info in self.list(run=run):  # raises a clear error for an unknown run
+                by_run.setdefault(info.run, []).append(info)
+            ids = [i.id for infos in by_run.values() for i in infos]
+            return plan(by_run, self.catalog.objectives(), policy, self.catalog.branch_points(ids))
+
         if dry_run:
-            result.bytes_freed = sum(self.catalog.exclusive_packs(remove).values())
-        elif remove:
-            result.bytes_freed = sum(delete_checkpoints(self._ctx, remove).values())
+            result = make_plan()
+            result.dry_run = True
+            result.bytes_freed = sum(self.catalog.exclusive_packs([i.id for i in result.remove]).values())
+            return result
+
+        def in_step() -> bool:  # the index lists exactly the manifests on storage
+            from ckpt import sync
+            return set(sync.listing(self.storage)) == set(self.catalog.committed())
+
+        try:
+            first = make_plan()
+        except CheckpointNotFoundError:
+            if in_step():
+                raise
+            first = None  # a run this index has not seen yet (another host saved it): decided below
+        if first is not None and not first.remove and in_step():  # the usual case after a save: no lock
+            first.dry_run, first.bytes_freed = False, 0
+            return first
+        plans = []
+
+        def planner() -> list[str]:  # under the exclusive lock, from an index in step with storage
+            plans.append(make_plan())
+            return [i.id for i in plans[-1].remove]
+
+        freed = delete_planned(self._ctx, planner)
+        result = plans[-1]
+        result.dry_run = False
+        result.bytes_freed = sum(freed.values())
         return result
 
     # -- maintenance ---------------------------------------------------------------------------

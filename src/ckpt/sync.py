@@ -16,7 +16,7 @@ from typing import Any
 from ckpt import refs
 from ckpt.catalog import writes
 from ckpt.catalog.schema import Checkpoint, Metric, Pack, Run, Tag, TensorBlob, CheckpointPack, Claim
-from ckpt.errors import CkptError, CorruptCheckpointError
+from ckpt.errors import CkptError, CorruptCheckpointError, MissingBlobError
 from ckpt.format import manifest as mf
 from ckpt.format import manifest_v1
 
@@ -55,15 +55,23 @@ def _key(m: mf.Manifest) -> tuple:
     return (m.run, m.epoch, writes.step_key(m.step), m.variant)
 
 
-def sync(ctx: Any, *, generation: int | None = None, packs: bool = True) -> SyncReport:
+def sync(ctx: Any, *, generation: int | None = None, packs: bool = True, locked: bool = False) -> SyncReport:
     """Make the index agree with storage: index manifests it lacks, forget checkpoints whose manifest
-    is gone and (``packs``) packs that are gone; record ``generation`` as seen."""
+    is gone and (``packs``) packs that are gone; record ``generation`` (read before this call) as seen.
+
+    The index is read *before* storage is listed: a checkpoint committed or a pack written meanwhile
+    is then merely not seen yet, never taken for deleted (manifests and packs never come back once
+    gone). Only a caller that holds a store lock (``locked``) knows no deletion ran during the listing;
+    without one, an exclusive holder may be half way through deleting under ``generation`` (it moves
+    the generation first, then deletes), so only ``generation - 1`` is recorded as seen, and the next
+    save syncs again under its lock before it trusts the index for dedup."""
     report = SyncReport()
-    on_storage = listing(ctx.storage)
     indexed = ctx.catalog.committed()
+    pending = {row.id for row in ctx.catalog.pending()}
+    known_packs = list(ctx.catalog.packs()) if packs else []
+    on_storage = listing(ctx.storage)
     gone = [cid for cid in indexed if cid not in on_storage]
     new = [cid for cid in on_storage if cid not in indexed]
-    pending = {row.id for row in ctx.catalog.pending()}
     manifests = []
     for cid in new:
         if cid in pending:
@@ -72,6 +80,8 @@ def sync(ctx: Any, *, generation: int | None = None, packs: bool = True) -> Sync
             m = read_manifest(ctx.storage, cid, on_storage[cid], structure=True)
             m.check_structure()  # an unsafe or damaged skeleton is never indexed (it would be "latest")
             manifests.append(m)
+        except MissingBlobError:
+            continue  # deleted since the listing
         except CkptError as exc:
             report.skipped.append((mf.path_for(cid, on_storage[cid]), str(exc)))
             log.warning("index: skipped manifest %s: %s", mf.path_for(cid, on_storage[cid]), exc)
@@ -80,7 +90,7 @@ def sync(ctx: Any, *, generation: int | None = None, packs: bool = True) -> Sync
     if packs:
         present = {e.name[:-len(".safetensors")] for e in ctx.storage.list("packs")
                    if e.name.endswith(".safetensors") and not e.name.startswith(".")}
-        missing_packs = [p for p in ctx.catalog.packs() if p not in present]
+        missing_packs = [p for p in known_packs if p not in present]
 
     def txn(s) -> None:  # type: ignore[no-untyped-def]
         if gone:
@@ -88,13 +98,25 @@ def sync(ctx: Any, *, generation: int | None = None, packs: bool = True) -> Sync
         if missing_packs:
             writes.forget_packs(s, missing_packs)
         if generation is not None:
-            writes.set_meta(s, "generation", str(generation))
+            record_generation(s, generation, locked=locked)
 
     ctx.catalog.write(txn)
     report.removed, report.packs_removed = len(gone), len(missing_packs)
     for i in range(0, len(manifests), _MAX_INGEST):
         report.added += ctx.catalog.write(_ingest_batch, manifests[i:i + _MAX_INGEST], report)
     return report
+
+
+def record_generation(s: Any, generation: int, *, locked: bool) -> None:
+    """Record the deletion generation the index has caught up with (see :func:`sync`): ``generation``
+    itself under a store lock; without one ``generation - 1``, and never lower than what is recorded."""
+    if not locked:
+        try:
+            current = int(writes.get_meta(s, "generation") or -1)
+        except ValueError:
+            current = -1
+        generation = max(current, generation - 1)
+    writes.set_meta(s, "generation", str(generation))
 
 
 def _ingest_batch(s: Any, manifests: list[mf.Manifest], report: SyncReport) -> int:
@@ -129,7 +151,7 @@ def rebuild(ctx: Any, generation: int | None = None) -> int:
         for table in (Claim, CheckpointPack, TensorBlob, Metric, Tag, Checkpoint, Pack, Run):
             s.execute(delete(table))
     ctx.catalog.write(clear)
-    report = sync(ctx, generation=generation, packs=False)
+    report = sync(ctx, generation=generation, packs=False, locked=True)
     restore_refs(ctx)
     return report.added
 

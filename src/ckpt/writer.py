@@ -256,28 +256,32 @@ def _wait_for_others(snap, p, waiting, slots, store, claim_more, lookup) -> None
 
     A tensor whose claimer died, failed or stored other bytes is claimed and written here. A save only
     waits on saves that claimed before it did (claims are taken in one transaction), so two savers
-    never wait for each other."""
+    never wait for each other. A claim is gone once its save commits, so a claim taken over here is
+    followed by one more look-up: the claimer may have committed the tensor just before."""
     left = list(waiting)
     deadline = time.monotonic() + CLAIM_WAIT_S
     delay = 0.02
-    while left:
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-        found = lookup([k[0] for k in left])
-        rest: list[Key] = []
-        for key in left:
+
+    def reuse(keys: list[Key]) -> list[Key]:
+        found = lookup([k[0] for k in keys])
+        rest = []
+        for key in keys:
             hit = _confirm(snap, p.groups[key][0], found.get(key[0], ()), key)
             if hit is not None:
                 for i in p.groups[key]:
                     slots[i] = _stored_slot(hit, snap.slots[i].kind)
             else:
                 rest.append(key)
+        return rest
+
+    while left:
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+        rest = reuse(left)
         if not rest:
             return
         _mine, others, _siblings = claim_more([k[0] for k in rest])
-        left = []
-        for key in rest:
-            if key[0] in others and time.monotonic() < deadline:
-                left.append(key)
-            else:
-                store(key)
+        left = [k for k in rest if k[0] in others and time.monotonic() < deadline]
+        taken = [k for k in rest if k not in left]
+        for key in reuse(taken) if taken else ():
+            store(key)

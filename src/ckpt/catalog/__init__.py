@@ -134,6 +134,15 @@ class Catalog:
         with self.read() as s:
             return queries.status_of(s, checkpoint_id)
 
+    def statuses(self, ids: list[str]) -> dict[str, str]:
+        """The status of each of ``ids`` this index has a row for."""
+        out: dict[str, str] = {}
+        with self.read() as s:
+            for chunk in writes.chunks(sorted(set(ids))):
+                rows = s.execute(select(Checkpoint.id, Checkpoint.status).where(Checkpoint.id.in_(chunk)))
+                out.update(rows.all())
+        return out
+
     def committed(self) -> dict[str, int]:
         """Every committed checkpoint id with its manifest format."""
         with self.read() as s:
