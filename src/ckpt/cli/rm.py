@@ -36,7 +36,7 @@ def command(ctx, selectors, force) -> None:  # type: ignore[no-untyped-def]
         names = ", ".join(f"{describe(i)} [{join_safe(i.tags)}]" for i in tagged)
         raise CliError(f"refusing to remove tagged checkpoint(s) {names}; untag them or pass --force")
     freed = sum(store.catalog.exclusive_packs(list(targets)).values())
-    removed = [store.delete(cid) for cid in targets]
+    removed = [store.delete(info) for info in targets.values()]  # a CheckpointInfo: gone meanwhile is fine
     if ctx.as_json:
         emit_json([i.to_dict() for i in removed])
         return
