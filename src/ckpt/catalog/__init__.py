@@ -192,6 +192,43 @@ class Catalog:
         with self.read() as s:
             return queries.branch_points(s, ids)
 
+    # -- for a live view (ckpt ui): cheap on large indexes ---------------------------------------------
+    def commit_marker(self) -> tuple[int, int]:
+        """(committed checkpoints, highest commit seq): moves with every commit and deletion."""
+        with self.read() as s:
+            return queries.commit_marker(s)
+
+    def checkpoint_rows(self, after_seq: int = 0) -> list[tuple]:
+        """Committed checkpoints after ``after_seq`` as plain tuples (see queries.checkpoint_rows)."""
+        with self.read() as s:
+            return queries.checkpoint_rows(s, after_seq)
+
+    def run_states(self) -> list[RunInfo]:
+        """Every run's status and best objective value, without checkpoint counts (cheap)."""
+        with self.read() as s:
+            return queries.run_states(s)
+
+    def best_per_run(self) -> dict[str, str]:
+        """Run name -> id of its best checkpoint by its objective (runs with one)."""
+        with self.read() as s:
+            names = dict(s.execute(select(Run.id, Run.name)).all())
+            return {names[k]: cid for k, (_, cid) in queries.best_per_run(s).items()}
+
+    def tags(self) -> dict[str, str]:
+        """Every tag -> the id of the checkpoint it names."""
+        with self.read() as s:
+            return queries.tags(s)
+
+    def run_checkpoints(self, run: str) -> list[CheckpointInfo]:
+        """One run's committed checkpoints, oldest first (index-friendly ``list(run=...)``)."""
+        with self.read() as s:
+            return queries.run_checkpoints(s, run)
+
+    def pack_owners(self, pack_ids: list[str]) -> dict[str, str]:
+        """Pack -> the earliest committed checkpoint using it (the save that wrote it)."""
+        with self.read() as s:
+            return queries.pack_owners(s, sorted(set(pack_ids)))
+
     # -- runs -----------------------------------------------------------------------------------------
     def runs(self) -> list[RunInfo]:
         with self.read() as s:

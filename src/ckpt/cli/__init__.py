@@ -49,7 +49,7 @@ def cli(ctx: click.Context, store: str | None, index: str | None, as_json: bool)
 
 
 COMMANDS = ("ls", "show", "diff", "log", "runs", "restore", "export", "import_", "tag", "untag", "rm",
-            "prune", "gc", "verify", "reindex", "upgrade", "plot", "objective")
+            "prune", "gc", "verify", "reindex", "upgrade", "plot", "objective", "ui")
 
 
 def _register() -> None:

@@ -1,0 +1,265 @@
+"""The store behind the web view, kept current while training goes on in other processes.
+
+A read-only SQLite index may have been opened in SQLite's immutable mode (no writer had it open), which
+never sees later commits; so when the index files change on disk the store is simply opened again
+(a fraction of a second, at most once per poll). A store read through an in-memory index (no usable
+index file) is synchronised from its manifests every few seconds instead. PostgreSQL needs neither.
+
+What every page needs about all checkpoints (lineage, per-run totals, children) is kept in memory as
+plain tuples and extended with only the checkpoints committed since (``Catalog.checkpoint_rows``); a
+deletion (the committed count drops behind) rebuilds it. Manifests are immutable: a few are cached.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from ckpt import CheckpointStore
+from ckpt.errors import CkptError
+from ckpt.records import CheckpointInfo, RunInfo
+
+#: How often (seconds) a request may look for news in the index; polls come every 2 s.
+FRESH_EVERY = 0.5
+#: How often an in-memory index is synchronised from the store's manifests.
+SYNC_EVERY = 5.0
+MANIFESTS_CACHED = 32
+
+
+class Row(NamedTuple):
+    """One committed checkpoint as the lineage keeps it."""
+
+    seq: int
+    id: str
+    run: str
+    epoch: int
+    step: int | None
+    variant: str
+    parent: str | None
+    logical_size: int
+    new_bytes: int
+
+
+@dataclass
+class RunTotals:
+    checkpoints: int = 0
+    logical_size: int = 0
+    new_bytes: int = 0
+    latest_epoch: int | None = None
+    last_seq: int = 0
+
+
+@dataclass
+class Lineage:
+    """Every committed checkpoint (plain tuples), its children and the per-run totals."""
+
+    marker: tuple[int, int] = (0, 0)
+    rows: dict[str, Row] = field(default_factory=dict)  # id -> row, in commit order
+    children: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    totals: dict[str, RunTotals] = field(default_factory=dict)
+
+    def add(self, rows: list[tuple]) -> None:
+        for t in rows:
+            r = Row(*t)
+            self.rows[r.id] = r
+            if r.parent is not None:
+                self.children[r.parent].append(r.id)
+            tot = self.totals.setdefault(r.run, RunTotals())
+            tot.checkpoints += 1
+            tot.logical_size += r.logical_size or 0
+            tot.new_bytes += r.new_bytes or 0
+            if r.seq >= tot.last_seq:
+                tot.last_seq, tot.latest_epoch = r.seq, r.epoch
+
+    @property
+    def last_seq(self) -> int:
+        return self.marker[1]
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file behind a SQLite URL (plain or SQLite's ``file:`` URI form), None for anything else."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///:memory:",):
+        return None
+    path = url[len("sqlite:///"):]
+    if unquote(path).startswith("file:"):
+        path = unquote(unquote(path)[len("file:"):].split("?", 1)[0])
+    return path or None
+
+
+def _stat(path: str) -> tuple:
+    out = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(path + suffix)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class Source:
+    """The store (reopened when needed), the in-memory lineage and a small manifest cache."""
+
+    def __init__(self, location: str, *, index: str | None = None, storage_options: dict[str, Any] | None = None,
+                 writable: bool = False) -> None:
+        self.location = location
+        self.index_url = index
+        self.storage_options = storage_options
+        self.writable = writable
+        self._lock = threading.RLock()
+        self._store = self._open()
+        self._checked = 0.0
+        self._synced = time.monotonic()
+        self._files = self._fingerprint()
+        self._lineage: Lineage | None = None
+        self._lineage_ready = threading.Event()
+        self._lineage_error: BaseException | None = None
+        self._manifests: OrderedDict[str, Any] = OrderedDict()
+        self._retired: list[CheckpointStore] = []
+        threading.Thread(target=self._warm, name="ckpt-ui-warm", daemon=True).start()
+
+    # -- the store ------------------------------------------------------------------------------
+    def _open(self) -> CheckpointStore:
+        return CheckpointStore(self.location, index=self.index_url, readonly=not self.writable,
+                               storage_options=self.storage_options)
+
+    @property
+    def store(self) -> CheckpointStore:
+        return self._store
+
+    def _sqlite(self) -> str | None:
+        return sqlite_path(self._store.catalog.url)
+
+    def _in_memory(self) -> bool:
+        return self._store.catalog.url in ("sqlite://", "sqlite:///:memory:")
+
+    def _fingerprint(self) -> tuple | None:
+        path = self._sqlite()
+        return _stat(path) if path else None
+
+    def refresh(self, force: bool = False) -> None:
+        """Pick up what other processes committed, at most every FRESH_EVERY seconds."""
+        now = time.monotonic()
+        if not force and now - self._checked < FRESH_EVERY:
+            return
+        with self._lock:
+            if not force and now - self._checked < FRESH_EVERY:
+                return
+            self._checked = now
+            if not self.writable:
+                files = self._fingerprint()
+                if files is not None and files != self._files:
+                    self._reopen()
+                    self._files = files
+                elif self._in_memory() and now - self._synced >= SYNC_EVERY:
+                    self._synced = now
+                    try:
+                        self._store.sync()
+                    except CkptError:
+                        pass
+            if self._lineage_ready.is_set() and self._lineage is not None:
+                self._update_lineage(self._lineage)
+
+    def _reopen(self) -> None:
+        try:
+            fresh = self._open()
+        except CkptError:
+            return  # a writer in the middle of creating or migrating it: the next poll tries again
+        old, self._store = self._store, fresh
+        self._retired.append(old)
+        while len(self._retired) > 2:  # kept open a little, for requests still using it
+            self._retired.pop(0).close()
+
+    def close(self) -> None:
+        for s in [*self._retired, self._store]:
+            try:
+                s.close()
+            except Exception:  # pragma: no cover - closing a read-only store releases connections only
+                pass
+
+    # -- lineage and totals --------------------------------------------------------------------
+    def _warm(self) -> None:
+        try:
+            lin = Lineage()
+            self._update_lineage(lin)
+            self._lineage = lin
+        except BaseException as exc:  # reported to the request that needs it
+            self._lineage_error = exc
+        finally:
+            self._lineage_ready.set()
+
+    def _update_lineage(self, lin: Lineage) -> None:
+        cat = self._store.catalog
+        marker = cat.commit_marker()
+        if marker == lin.marker:
+            return
+        new = [r for r in cat.checkpoint_rows(lin.last_seq) if r[0] <= marker[1]]
+        if lin.marker[0] + len(new) == marker[0]:
+            lin.add(new)
+            lin.marker = marker
+            return
+        fresh = Lineage()  # something was deleted: read it all again
+        fresh.add(cat.checkpoint_rows(0))
+        fresh.marker = (len(fresh.rows), max((r.seq for r in fresh.rows.values()), default=0))
+        lin.rows, lin.children, lin.totals, lin.marker = fresh.rows, fresh.children, fresh.totals, fresh.marker
+
+    def lineage(self) -> Lineage:
+        self._lineage_ready.wait()
+        if self._lineage is None:
+            self._lineage_ready.clear()
+            self._lineage_error = None
+            self._warm()
+            if self._lineage is None:
+                raise self._lineage_error or RuntimeError("lineage unavailable")
+        return self._lineage
+
+    def locked(self):  # type: ignore[no-untyped-def]
+        """Hold while reading the lineage's dicts (the refresh extends them in place)."""
+        return self._lock
+
+    # -- queries ----------------------------------------------------------------------------------
+    def runs(self) -> list[tuple[RunInfo, RunTotals]]:
+        states = self._store.catalog.run_states()
+        lin = self.lineage()
+        with self._lock:
+            totals = {k: RunTotals(**vars(v)) for k, v in lin.totals.items()}
+        out = []
+        for r in states:
+            t = totals.get(r.name, RunTotals())
+            out.append((r, t))
+        return out
+
+    def run_checkpoints(self, run: str) -> list[CheckpointInfo]:
+        return self._store.catalog.run_checkpoints(run)
+
+    def manifest(self, checkpoint_id: str) -> Any:
+        with self._lock:
+            m = self._manifests.get(checkpoint_id)
+            if m is not None:
+                self._manifests.move_to_end(checkpoint_id)
+                return m
+        m = self._store.manifest(checkpoint_id)
+        with self._lock:
+            self._manifests[checkpoint_id] = m
+            while len(self._manifests) > MANIFESTS_CACHED:
+                self._manifests.popitem(last=False)
+        return m
+
+    def branch_points(self, ids: list[str]) -> dict[str, str]:
+        """Which of ``ids`` another run was resumed or fine-tuned from (and that run), as
+        ``Catalog.branch_points`` answers, from the lineage in memory."""
+        lin = self.lineage()
+        out: dict[str, str] = {}
+        with self._lock:
+            for cid in ids:
+                me = lin.rows.get(cid)
+                for child in lin.children.get(cid, ()):
+                    row = lin.rows.get(child)
+                    if me is not None and row is not None and row.run != me.run:
+                        out[cid] = row.run
+        return out
