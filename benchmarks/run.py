@@ -20,6 +20,7 @@ Cases (contenders in brackets):
     gpt2, resnet50   real models + AdamW state after one step [torch, ckpt]
     gpu_fp32, gpu_gpt2   the state on CUDA [raw, torch, dcp, ckpt] / [torch, ckpt]; only with --only
     index    queries on 100,000 checkpoints (filled through SQL)
+    ui       `ckpt ui` pages on 100,000 checkpoints (filled through SQL), served by the real command
 
 How to measure on a shared machine without fooling yourself (docs: /work/shared/design/performance.md):
     * a fresh process per repetition, a ballast of fresh memory touched before each timed region;
@@ -69,6 +70,7 @@ PLAN = {
     "gpu_fp32": ["raw", "torch", "dcp", "ckpt"],
     "gpu_gpt2": ["torch", "ckpt"],
     "index": [],
+    "ui": [],
 }
 GROUPS = {
     "1gib": ["fp32", "bf16", "adam", "lora"],
@@ -76,9 +78,10 @@ GROUPS = {
     "gpu": ["gpu_fp32", "gpu_gpt2"],
 }
 DEFAULT = ["fp32", "bf16", "small", "adam", "lora", "tiny", "growth", "prune", "s3", "catalog", "gpt2",
-           "resnet50", "index"]
+           "resnet50", "index", "ui"]
 #: Cases that write little or nothing: no pause before their processes.
 NO_PAUSE = {"catalog", "codec"}
+RUNS_UI = 100  # benchmarks/ui_bench.py RUNS
 
 
 def expand(spec: str) -> list[str]:
@@ -328,7 +331,15 @@ def targets(r: dict) -> list[dict[str, Any]]:
              ("raw", "h2d"), "info", None)
     for name, v in r.get("index", {}).items():
         add("index", f"{name} on 100,000 checkpoints (ms)", v * 1000, None, None, "< 50", v < 0.05)
+    for name, v in r.get("ui", {}).items():
+        judged = name in UI_TARGETS
+        add("ui", f"{name} (ms)", v * 1000, None, None, "< 200" if judged else "info",
+            v < 0.2 if judged else None)
     return rows
+
+
+#: The ui pages with a target (issue 14: the runs page and a run's page answer in under 200 ms).
+UI_TARGETS = ("first runs page (cold)", "runs page", "run page", "run page (history)", "runs page after a new save")
 
 
 # -- output ----------------------------------------------------------------------------------------------
@@ -363,7 +374,7 @@ def markdown(results: dict, rows: list, infos: dict, notes: dict, meta: dict) ->
             for system, ops in results[case].items():
                 cells = [f"{ops[o]['min']:.3f}" if o in ops else "" for o in OPS]
                 lines.append(f"| {case} | {system} | " + " | ".join(cells) + " |")
-    other = [c for c in results if c not in WIDE and c != "index"]
+    other = [c for c in results if c not in WIDE and c not in ("index", "ui")]
     if other:
         lines += ["", "Every measurement of the other cases (seconds unless the name says otherwise):", "",
                   "| case | system | measure | min | median | repetitions |", "|---|---|---|---|---|---|"]
@@ -375,6 +386,9 @@ def markdown(results: dict, rows: list, infos: dict, notes: dict, meta: dict) ->
     if "index" in results:
         lines += ["", "| index query | ms |", "|---|---|"]
         lines += [f"| {k} | {v * 1000:.2f} |" for k, v in results["index"].items()]
+    if "ui" in results:
+        lines += ["", "| ckpt ui page (HTTP, min of 5 unless cold) | ms |", "|---|---|"]
+        lines += [f"| {k} | {v * 1000:.1f} |" for k, v in results["ui"].items()]
     extra = [(case, system, info) for case, by in infos.items() for system, info in by.items()]
     if extra or any(notes.values()):
         lines += ["", "Notes:", ""]
@@ -432,6 +446,16 @@ def main() -> None:
                 results["index"] = run_index_bench(1000 if args.quick else 100_000)
             except ImportError as exc:  # it fills the index through format 1's schema
                 notes["index"] = [f"n/a: {exc}"]
+            continue
+        if case == "ui":
+            from benchmarks.ui_bench import run_ui_bench
+            n = 1000 if args.quick else 100_000
+            results["ui"], ui_info = run_ui_bench(n, reps=1 if args.quick else 5)
+            notes["ui"] = [f"{ui_info['checkpoints']:,} checkpoints in {RUNS_UI} runs of {n // RUNS_UI:,} and a run "
+                           f"'real' of 3 real saves with a 1,000-epoch history (filled in {ui_info['fill_s']} s; the server read "
+                           f"their lineage {ui_info['warm_up_s']} s after start); "
+                           f"server: `ckpt ui --port 0` in its own process, pages over HTTP; load average "
+                           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"]
             continue
         if case.startswith("gpu_") and args.gpu_device.startswith("cuda"):
             import torch

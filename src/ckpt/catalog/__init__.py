@@ -208,6 +208,11 @@ class Catalog:
         with self.read() as s:
             return queries.run_states(s)
 
+    def run_totals(self) -> dict[str, tuple[int, int, int, int | None]]:
+        """Run -> (checkpoints, bytes held, bytes written, latest epoch), in one pass."""
+        with self.read() as s:
+            return queries.run_totals(s)
+
     def best_per_run(self) -> dict[str, str]:
         """Run name -> id of its best checkpoint by its objective (runs with one)."""
         with self.read() as s:

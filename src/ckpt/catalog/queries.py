@@ -223,7 +223,21 @@ def checkpoint_rows(s: Session, after_seq: int = 0) -> list[tuple]:
     q = (select(Checkpoint.seq, Checkpoint.id, Checkpoint.run_id, Checkpoint.epoch, Checkpoint.step,
                 Checkpoint.variant, Checkpoint.parent_id, Checkpoint.logical_size, Checkpoint.new_bytes)
          .where(Checkpoint.status == "committed", Checkpoint.seq > after_seq).order_by(Checkpoint.seq))
-    return [(r[0], r[1], names[r[2]], r[3], r[4], r[5] or "", r[6], r[7], r[8]) for r in s.execute(q)]
+    # through the Core connection: the ORM's per-row result handling would double the cost
+    return [(r[0], r[1], names[r[2]], r[3], r[4], r[5] or "", r[6], r[7], r[8]) for r in s.connection().execute(q)]
+
+
+def run_totals(s: Session) -> dict[str, tuple[int, int, int, int | None]]:
+    """Run name -> (committed checkpoints, bytes they hold, bytes their saves wrote, epoch of the newest),
+    in two queries (one pass over the checkpoints)."""
+    names = dict(s.execute(select(Run.id, Run.name)).all())
+    agg = s.execute(select(Checkpoint.run_id, func.count(), func.sum(Checkpoint.logical_size),
+                           func.sum(Checkpoint.new_bytes), func.max(Checkpoint.seq))
+                    .where(Checkpoint.status == "committed").group_by(Checkpoint.run_id)).all()
+    epochs = dict(s.execute(select(Checkpoint.run_id, Checkpoint.epoch).where(
+        Checkpoint.status == "committed", Checkpoint.seq.in_([a[4] for a in agg if a[4] is not None]))).all()) \
+        if agg else {}
+    return {names[a[0]]: (int(a[1]), int(a[2] or 0), int(a[3] or 0), epochs.get(a[0])) for a in agg if a[0] in names}
 
 
 def best_per_run(s: Session, rows: list[Run] | None = None) -> dict[int, tuple[float, str]]:
@@ -302,10 +316,13 @@ def pack_owners(s: Session, pack_ids: list[str]) -> dict[str, str]:
     first: dict[str, int] = {}
     for i in range(0, len(pack_ids), 500):
         chunk = pack_ids[i:i + 500]
-        for pack, cid, seq in s.execute(select(CheckpointPack.pack_id, Checkpoint.id, Checkpoint.seq)
-                                        .join(Checkpoint, Checkpoint.id == CheckpointPack.checkpoint_id)
-                                        .where(CheckpointPack.pack_id.in_(chunk),
-                                               Checkpoint.status == "committed")):
+        # status is tested here, not in SQL: SQLite would then scan the status index instead of the pins
+        for pack, cid, seq, status in s.execute(select(CheckpointPack.pack_id, Checkpoint.id, Checkpoint.seq,
+                                                       Checkpoint.status)
+                                                .join(Checkpoint, Checkpoint.id == CheckpointPack.checkpoint_id)
+                                                .where(CheckpointPack.pack_id.in_(chunk))):
+            if status != "committed":
+                continue
             if pack not in first or seq < first[pack]:
                 first[pack], out[pack] = seq, cid
     return out

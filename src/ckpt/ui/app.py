@@ -148,8 +148,10 @@ class App:
         from ckpt.ui.pages import checkpoint, diff, lineage, run, runs
         if path.startswith("/static/"):
             return self._static(path[len("/static/"):])
-        if path == "/healthz":
-            return Response(200, b"ok", "text/plain; charset=utf-8")
+        if path == "/healthz":  # for scripts and tests: up, and whether the lineage is read yet
+            import json
+            doc = {"ok": True, "ready": self.source.ready}
+            return Response(200, json.dumps(doc).encode(), "application/json")
         pages: dict[str, Callable[[Any, Query], str]] = {
             "/": runs.render, "/run": run.render, "/lineage": lineage.render, "/checkpoint": checkpoint.render,
             "/diff": diff.render, "/fragment/runs": runs.fragment, "/fragment/run": run.fragment}

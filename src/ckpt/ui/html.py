@@ -31,9 +31,15 @@ def safe(value: Any, *, lines: bool = False) -> str:
     return (_CONTROL_BUT_NEWLINE if lines else _CONTROL).sub(_escape_char, str(value))
 
 
+_PLAIN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029&<>\"']")
+
+
 def esc(value: Any) -> str:
     """Text for HTML content and attribute values."""
-    return html.escape(safe(value), quote=True)
+    text = str(value)
+    if _PLAIN.search(text) is None:  # the common case (ids, numbers, plain names): nothing to do
+        return text
+    return html.escape(safe(text), quote=True)
 
 
 def url(path: str, **params: Any) -> str:
@@ -53,7 +59,8 @@ def link(path: str, text: Any, cls: str | None = None, **params: Any) -> str:
 
 
 def checkpoint_link(cid: str, text: Any | None = None) -> str:
-    return link("/checkpoint", text if text is not None else cid[:12], "ckpt-id", id=cid)
+    """A link to a checkpoint (ids are hex: no quoting needed)."""
+    return f'<a href="/checkpoint?id={esc(cid)}" class="ckpt-id">{esc(text if text is not None else cid[:12])}</a>'
 
 
 def run_link(name: str) -> str:

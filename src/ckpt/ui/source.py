@@ -12,11 +12,14 @@ deletion (the committed count drops behind) rebuilds it. Manifests are immutable
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import threading
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -64,21 +67,43 @@ class Lineage:
     totals: dict[str, RunTotals] = field(default_factory=dict)
 
     def add(self, rows: list[tuple]) -> None:
+        """Extend with rows in commit order (tuples as ``Catalog.checkpoint_rows`` gives them)."""
+        by_id, children = self.rows, self.children
+        acc: dict[str, list] = {}
+        make = Row._make
         for t in rows:
-            r = Row(*t)
-            self.rows[r.id] = r
+            r = make(t)
+            by_id[r.id] = r
             if r.parent is not None:
-                self.children[r.parent].append(r.id)
-            tot = self.totals.setdefault(r.run, RunTotals())
-            tot.checkpoints += 1
-            tot.logical_size += r.logical_size or 0
-            tot.new_bytes += r.new_bytes or 0
-            if r.seq >= tot.last_seq:
-                tot.last_seq, tot.latest_epoch = r.seq, r.epoch
+                children[r.parent].append(r.id)
+            a = acc.get(r.run)
+            if a is None:
+                a = acc[r.run] = [0, 0, 0, None, 0]
+            a[0] += 1
+            a[1] += r.logical_size or 0
+            a[2] += r.new_bytes or 0
+            a[3], a[4] = r.epoch, r.seq
+        for run, (n, held, new, epoch, seq) in acc.items():
+            tot = self.totals.setdefault(run, RunTotals())
+            tot.checkpoints += n
+            tot.logical_size += held
+            tot.new_bytes += new
+            tot.latest_epoch, tot.last_seq = epoch, seq
 
     @property
     def last_seq(self) -> int:
         return self.marker[1]
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def sqlite_path(url: str) -> str | None:
@@ -194,6 +219,10 @@ class Source:
             self._lineage_ready.set()
 
     def _update_lineage(self, lin: Lineage) -> None:
+        with _gc_paused():  # 100,000 small tuples and lists: collections would triple the cost
+            self._read_lineage(lin)
+
+    def _read_lineage(self, lin: Lineage) -> None:
         cat = self._store.catalog
         marker = cat.commit_marker()
         if marker == lin.marker:
@@ -218,16 +247,26 @@ class Source:
                 raise self._lineage_error or RuntimeError("lineage unavailable")
         return self._lineage
 
+    @property
+    def ready(self) -> bool:
+        """Whether the lineage has been read (pages that need it no longer wait)."""
+        return self._lineage_ready.is_set() and self._lineage is not None
+
     def locked(self):  # type: ignore[no-untyped-def]
         """Hold while reading the lineage's dicts (the refresh extends them in place)."""
         return self._lock
 
     # -- queries ----------------------------------------------------------------------------------
     def runs(self) -> list[tuple[RunInfo, RunTotals]]:
+        """Every run with its totals: from the lineage in memory, or (while it is still being read at
+        start-up) from one aggregate query, so that the first page does not wait for it."""
         states = self._store.catalog.run_states()
-        lin = self.lineage()
-        with self._lock:
-            totals = {k: RunTotals(**vars(v)) for k, v in lin.totals.items()}
+        if self._lineage_ready.is_set() and self._lineage is not None:
+            with self._lock:
+                totals = {k: RunTotals(**vars(v)) for k, v in self._lineage.totals.items()}
+        else:
+            totals = {k: RunTotals(n, held, new, epoch) for k, (n, held, new, epoch)
+                      in self._store.catalog.run_totals().items()}
         out = []
         for r in states:
             t = totals.get(r.name, RunTotals())

@@ -23,7 +23,7 @@ from ckpt.ui.charts import Series, line_chart
 from ckpt.ui.html import (age, checkpoint_link, copy_block, esc, fmt_metric, human_bytes, link, page, run_link,
                           sort_value, status_badge, table, url, when)
 
-MAX_ROWS = 2000
+MAX_ROWS = 500  # newest first; ?rows=all shows every one
 MAX_DEFAULT_METRICS = 6
 _SKIP_DEFAULT = {"lr", "learning_rate", "epoch_time", "time", "seconds"}
 
@@ -250,7 +250,7 @@ def section(app: Any, q: Any) -> str:
     reasons = result.reasons if result else {}
     removed = result.removed_reasons if result else {}
     rows = []
-    shown = infos[::-1][:MAX_ROWS]
+    shown = infos[::-1] if q.one("rows") == "all" else infos[::-1][:MAX_ROWS]
     for i in shown:
         if i.id in reasons:
             plan_cell = f'<td class="plan keep" data-v="keep">keep: {esc(", ".join(reasons[i.id]))}</td>'
@@ -276,8 +276,9 @@ def section(app: Any, q: Any) -> str:
             f'<td class="num" data-v="{i.new_bytes}">{esc(human_bytes(i.new_bytes))}</td>'
             f'<td class="num" data-v="{i.created_at.timestamp():.3f}" title="{esc(when(i.created_at))}">'
             f'{esc(age(i.created_at))}</td>{plan_cell}</tr>')
-    more = (f'<p class="hint">showing the newest {MAX_ROWS} of {len(infos)} checkpoints; the plan above covers all.</p>'
-            if len(infos) > MAX_ROWS else "")
+    more = (f'<p class="hint">showing the newest {len(shown)} of {len(infos)} checkpoints (the plan above covers '
+            f'all): {link("/run", "show all", None, **{**q.as_dict(), "rows": "all"})}</p>'
+            if len(shown) < len(infos) else "")
     compare = ('<div class="toolbar"><button type="button" id="compare-picked" disabled>diff the two picked</button>'
                '<input type="search" placeholder="filter checkpoints…" data-filter="checkpoints-table" '
                'aria-label="filter checkpoints"></div>')
