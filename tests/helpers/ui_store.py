@@ -36,7 +36,7 @@ def data(classes: int, seed: int = 0) -> tuple[DataLoader, TensorDataset]:
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(classes, 8, generator=torch.Generator().manual_seed(7))
     y = torch.randint(0, classes, (240,), generator=g)
-    x = centers[y] + 0.8 * torch.randn(240, 8, generator=g)
+    x = centers[y] + 1.3 * torch.randn(240, 8, generator=g)
     train = TensorDataset(x[:200], y[:200])
     return DataLoader(train, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(0)), \
         TensorDataset(x[200:], y[200:])
@@ -69,7 +69,7 @@ def build(path: str, index: str | None = None) -> None:
     store = open_store(path, index)
     loader, val = data(3)
     model = Net(3)
-    fit(model, torch.optim.Adam(model.parameters(), lr=3e-2), loader, evaluator(val), store=store, run="pretrain",
+    fit(model, torch.optim.Adam(model.parameters(), lr=1e-2), loader, evaluator(val), store=store, run="pretrain",
         max_epochs=6, monitor="val_acc", patience=None, retention=dict(keep_last=2), verbose=False,
         progress=False, handle_signals=False)
     ft = Net(2)

@@ -27,8 +27,9 @@ class Series:
     best: tuple[float, float, str, str] | None = None
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten)."""
+def nice_ticks(lo: float, hi: float, n: int = 5, *, integer: bool = False) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten; whole
+    steps only when ``integer``, for epochs)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
@@ -36,6 +37,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / max(n, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1, round(step))
     first = math.ceil(lo / step) * step
     out = []
     v = first
@@ -93,7 +96,7 @@ def line_chart(series: list[Series], *, x_label: str = "epoch", width: int = 960
              f'role="img" aria-label="metric curves" xmlns="http://www.w3.org/2000/svg">',
              f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="plot-bg"/>']
     # grid and axes
-    for t in nice_ticks(x_lo, x_hi, 8):
+    for t in nice_ticks(x_lo, x_hi, 8, integer=all(float(x).is_integer() for x in xs)):
         if x_lo <= t <= x_hi:
             X = sx(t)
             parts.append(f'<line x1="{X:.1f}" y1="{mt}" x2="{X:.1f}" y2="{mt + ph}" class="grid"/>'

@@ -1,10 +1,10 @@
 """A checkpoint: its metadata, lineage, tensor tree (where each tensor's bytes live) and the commands to
 get it out. Read from the index and the manifest only (no tensor is read, torch is not imported).
 
-Where a tensor's bytes live: "stored here" when this save wrote them (its pack's first user is this
-checkpoint), "shared with parent" when the parent holds the same tensor (same hash), otherwise in the
-pack another checkpoint wrote ("shared with RUN@EPOCH": an earlier checkpoint of this run, or another
-run's, e.g. the pretrain run a fine-tune started from). A tensor tied to an earlier key of the same
+Where a tensor's bytes live, by the checkpoint that wrote its pack (the pack's first user): "stored
+here" (this save wrote them), "shared with run R (R@E)" (another run's checkpoint, e.g. the pretrain run
+a fine-tune started from), "shared with parent", or "shared with R@E" (an earlier checkpoint of this
+run). A tensor tied to an earlier key of the same
 checkpoint (tied weights) is stored once and says so.
 """
 
@@ -49,18 +49,19 @@ def tensors(app: Any, info: Any, m: Any) -> tuple[list[dict], dict[str, int]]:
             continue
         seen[slot_index] = key
         owner = owners.get(s.pack)
+        row = owner_rows.get(s.pack)
         if owner == info.id:
             where, cls = "stored here", "here"
+        elif row is not None and row.run != info.run:
+            where, cls = f"shared with run {safe(row.run)} ({safe(row.run)}@{row.epoch})", "other-run"
+        elif owner is not None and owner == info.parent:
+            where, cls = "shared with parent", "parent"
+        elif row is not None:
+            where, cls = f"shared with {safe(row.run)}@{row.epoch}", "same-run"
         elif s.hash in parent_hashes:
             where, cls = "shared with parent", "parent"
         else:
-            row = owner_rows.get(s.pack)
-            if row is None:
-                where, cls = "shared (pack of a deleted checkpoint)", "other"
-            elif row.run == info.run:
-                where, cls = f"shared with {safe(row.run)}@{row.epoch}", "same-run"
-            else:
-                where, cls = f"shared with run {safe(row.run)} ({safe(row.run)}@{row.epoch})", "other-run"
+            where, cls = "shared (pack of a deleted checkpoint)", "other"
         totals[cls] += s.nbytes
         out.append({"key": key, "dtype": s.dtype, "shape": s.shape, "bytes": s.nbytes, "where": where, "cls": cls,
                     "owner": owner})

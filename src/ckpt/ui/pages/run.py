@@ -293,7 +293,7 @@ def fragment(app: Any, q: Any) -> str:
 
 def render(app: Any, q: Any) -> str:
     name = q.one("name") or ""
-    live = url("/fragment/run", **q.as_dict())
+    live = url("/fragment/run", **{k: v for k, v in q.as_dict().items() if k not in ("done", "arg")})
     body = (f'<h1>Run <span class="run-title">{esc(name)}</span> <span class="live" data-live-indicator>live</span></h1>'
             f'<div id="run-live" data-live="{esc(live)}" data-interval="3000">{section(app, q)}</div>')
-    return page(app.chrome(), f"run {name}", body)
+    return page(app.chrome(), f"run {name}", body, notice=app.notice(q))
