@@ -3,8 +3,11 @@
 # everything is already there.
 #
 #   bash scripts/bootstrap.sh demo   the package and its runtime dependencies only (what the demo needs)
-#   bash scripts/bootstrap.sh test   the same plus the test extra (pytest, lightning, transformers, moto...)
-#                                    (the default, so older callers keep working)
+#   bash scripts/bootstrap.sh test   the same plus the test extra (pytest, lightning, transformers, moto,
+#                                    playwright...) and, for the browser tests of `ckpt ui`, Debian's
+#                                    `chromium` when /usr/bin/chromium is missing and this runs as root with
+#                                    apt-get (CKPT_INSTALL_CHROMIUM=0 skips that; without it those tests skip,
+#                                    saying why). The default mode, so older callers keep working.
 #
 # torch: a torch already in the venv is kept when it is within pyproject's range (torch>=TORCH_MIN), so a
 # venv made with a CPU-only or a CUDA build of your choice stays as it is. When torch is missing (or too
@@ -41,5 +44,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
     if [ "$MODE" = test ]; then
         touch "$VENV/.ckpt-installed-demo"  # the test install holds everything the demo needs
+    fi
+fi
+# The browser tests (tests/test_ui.py) drive Debian's chromium through Playwright (Playwright's own browser
+# download is not used). Installed when missing; a failure is reported, never fatal: they then skip.
+if [ "$MODE" = test ] && [ "${CKPT_INSTALL_CHROMIUM:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing Debian's chromium for the browser tests of ckpt ui (apt-get)" >&2
+        apt_log="$VENV/.chromium-apt.log"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+                >"$apt_log" 2>&1; then
+            echo "bootstrap: could not install chromium (see $apt_log); tests/test_ui.py's browser tests will" \
+                 "skip" >&2
+            tail -n 5 "$apt_log" >&2 || true
+        fi
+    else
+        echo "bootstrap: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
+             "tests/test_ui.py's browser tests will skip (apt-get install chromium)" >&2
     fi
 fi

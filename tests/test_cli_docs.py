@@ -28,7 +28,7 @@ def section(name):
 
 def test_the_issue_commands_all_exist():
     assert set(COMMANDS) == {"ls", "show", "restore", "diff", "log", "runs", "tag", "untag", "rm", "prune", "gc",
-                             "verify", "reindex", "upgrade", "import", "export", "plot", "objective"}
+                             "verify", "reindex", "upgrade", "import", "export", "plot", "objective", "ui"}
 
 
 @pytest.mark.parametrize("name", COMMANDS)

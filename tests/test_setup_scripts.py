@@ -78,7 +78,8 @@ done
     def bootstrap(*args: str) -> tuple[int, list[str]]:
         before = log.read_text().splitlines() if log.exists() else []
         p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "bootstrap.sh"), *args], capture_output=True,
-                           text=True, env=dict(os.environ, CKPT_VENV=str(tmp_path / "venv")), timeout=60)
+                           text=True, env=dict(os.environ, CKPT_VENV=str(tmp_path / "venv"), CKPT_INSTALL_CHROMIUM="0"),
+                           timeout=60)
         after = log.read_text().splitlines() if log.exists() else []
         return p.returncode, after[len(before):]
 
