@@ -31,7 +31,7 @@ def target(doc, case, prefix):
 
 
 def test_benchmark_quick_mode_writes_results(tmp_path):
-    doc, md = quick(tmp_path, "--only", "lora,tiny,growth,prune,s3,index")
+    doc, md = quick(tmp_path, "--only", "lora,tiny,growth,prune,s3,index,ui")
     r = doc["results"]
     assert r["lora"]["ckpt"]["dedup_new_bytes"]["min"] < 0.02 * r["lora"]["ckpt"]["bytes"]["min"]
     assert "| lora | ckpt |" in md and "99%-frozen save" in md
@@ -51,6 +51,10 @@ def test_benchmark_quick_mode_writes_results(tmp_path):
         assert target(doc, "s3", "S3 throughput: ckpt / plain multipart upload (boto3)")["ratio"] > 0
     assert any("tmpfs" in n for n in doc["notes"]["s3"])
     assert len(doc["results"]["index"]) == 4
+    # ckpt ui: every page answered over HTTP from the real command; the runs and run pages have targets
+    assert {"first runs page (cold)", "runs page", "run page", "run page (history)", "checkpoint page",
+            "lineage (all runs)", "runs page after a new save"} <= set(r["ui"])
+    assert target(doc, "ui", "run page (ms)")["goal"] == "< 200"
 
 
 @pytest.mark.slow

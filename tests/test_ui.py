@@ -196,7 +196,6 @@ def test_navigate_runs_run_checkpoint_diff(ro, page, browser, sample):
     assert rows_of(page, "checkpoints-table", "data-id") == [i.id for i in reversed(ft)]
     assert "keep: latest" in page.locator("#checkpoints-table").inner_text()
     assert "started from" in page.locator("dl.facts").inner_text()
-    shot(page, "run")
     # checkpoint page: the first fine-tune checkpoint shares the frozen backbone with the pretrain run
     page.click(f'#checkpoints-table tr[data-id="{ft[0].id}"] a.ckpt-id')
     page.wait_for_url(re.compile(rf"/checkpoint\?id={ft[0].id}$"))
@@ -243,6 +242,8 @@ def test_history_curve_keeps_pruned_epochs(ro, page, sample):
     with CheckpointStore(sample, readonly=True) as store:
         kept = store.list(run="pretrain")
     assert len(kept) < 6  # keep_last=2 pruned some of the 6 epochs
+    page.goto(ro.url + "run?name=pretrain")
+    shot(page, "run")
     page.goto(ro.url + "run?name=pretrain&m=val_acc&m=val_loss")
     series = page.locator('#metrics-chart g.series[data-metric="val_loss"]')
     points = series.locator("polyline").get_attribute("points").split()
@@ -401,6 +402,35 @@ def test_s3_and_postgres_store(browser, page, s3_url, pg_url):
             status, html, _ = srv.get(path)
             assert status in (200, 404) and password not in html, path
         assert password not in page.content()
+    finally:
+        srv.stop()
+
+
+def test_hostile_names_are_shown_as_text(page, tmp_path):
+    import torch
+    name = "<img src=x onerror=alert(1)>&\"'"
+    loc = str(tmp_path / "h")
+    with CheckpointStore(loc) as store:
+        store.save(name, 0, {"w": torch.zeros(2)}, {"<b>m</b>": 1.0})
+        store.save(name, 1, {"w": torch.ones(2)}, {"<b>m</b>": 2.0})
+        store.tag(f"{name}@0", "<i>t</i>")
+        cid = store.get(f"{name}@1").id
+    srv = start_ui(loc)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        page.goto(srv.url)
+        assert page.locator("#runs-table a.run-name").inner_text() == name
+        page.locator("#runs-table a.run-name").click()
+        page.wait_for_selector("#metrics-chart")
+        assert "<b>m</b>" in page.locator("#metrics-chart").text_content()
+        assert page.locator("#checkpoints-table .tag").inner_text() == "<i>t</i>"
+        for path in ("lineage", f"checkpoint?id={cid}", f"diff?a={cid}&b=%3Ci%3Et%3C%2Fi%3E"):
+            page.goto(srv.url + path)
+            # nothing the names held became markup
+            assert page.locator("img, i").count() == 0, path
+            assert page.locator("b", has_text=re.compile(r"^m$")).count() == 0, path
+        assert dialogs == []
     finally:
         srv.stop()
 

@@ -207,8 +207,8 @@ def section(app: Any, q: Any) -> str:
     if origin is not None:
         facts.append(("started from", f'{run_link(origin.run)}@{origin.epoch} '
                                       f'({checkpoint_link(origin.id)}): resumed or fine-tuned from another run'))
-    elif origin_missing:
-        facts.append(("started from", f"{esc(first.parent[:12])} (deleted)"))
+    elif origin_missing:  # pruned earlier checkpoints of this run, or a deleted checkpoint it started from
+        facts.append(("before", f"its oldest checkpoint's parent {esc(first.parent[:12])} was deleted"))
     if branches:
         facts.append(("branched into", ", ".join(
             f'{run_link(c.run)} from epoch {i.epoch} ({checkpoint_link(i.id)})' for i, c in branches[:20])
