@@ -198,10 +198,11 @@ class Catalog:
         with self.read() as s:
             return queries.commit_marker(s)
 
-    def checkpoint_rows(self, after_seq: int = 0) -> list[tuple]:
-        """Committed checkpoints after ``after_seq`` as plain tuples (see queries.checkpoint_rows)."""
+    def checkpoint_rows(self, after_seq: int = 0, limit: int | None = None) -> list[tuple]:
+        """Committed checkpoints after ``after_seq`` (at most ``limit``), in commit order, as plain tuples
+        (see queries.checkpoint_rows)."""
         with self.read() as s:
-            return queries.checkpoint_rows(s, after_seq)
+            return queries.checkpoint_rows(s, after_seq, limit)
 
     def run_states(self) -> list[RunInfo]:
         """Every run's status and best objective value, without checkpoint counts (cheap)."""

@@ -214,7 +214,7 @@ def commit_marker(s: Session) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
-def checkpoint_rows(s: Session, after_seq: int = 0) -> list[tuple]:
+def checkpoint_rows(s: Session, after_seq: int = 0, limit: int | None = None) -> list[tuple]:
     """Committed checkpoints with ``seq > after_seq``, in commit order, as plain tuples
     (seq, id, run, epoch, step, variant, parent, logical_size, new_bytes): the lineage and per-run totals
     a view keeps in memory and extends with only what is new (no timestamps: parsing them is most of the
@@ -223,6 +223,8 @@ def checkpoint_rows(s: Session, after_seq: int = 0) -> list[tuple]:
     q = (select(Checkpoint.seq, Checkpoint.id, Checkpoint.run_id, Checkpoint.epoch, Checkpoint.step,
                 Checkpoint.variant, Checkpoint.parent_id, Checkpoint.logical_size, Checkpoint.new_bytes)
          .where(Checkpoint.status == "committed", Checkpoint.seq > after_seq).order_by(Checkpoint.seq))
+    if limit is not None:
+        q = q.limit(limit)
     # through the Core connection: the ORM's per-row result handling would double the cost
     return [(r[0], r[1], names[r[2]], r[3], r[4], r[5] or "", r[6], r[7], r[8]) for r in s.connection().execute(q)]
 

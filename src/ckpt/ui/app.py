@@ -126,11 +126,12 @@ class App:
             return self._error(421, "This ckpt ui answers only to 127.0.0.1/localhost with its own port "
                                     "(a guard against DNS rebinding).", plain=True)
         try:
-            if method == "GET" or method == "HEAD":
-                return self._get(path, Query(query))
-            if method == "POST":
-                return self._post(path, headers, body)
-            return self._error(405, f"method {method} not allowed", plain=True)
+            with self.source.serving():
+                if method == "GET" or method == "HEAD":
+                    return self._get(path, Query(query))
+                if method == "POST":
+                    return self._post(path, headers, body)
+                return self._error(405, f"method {method} not allowed", plain=True)
         except CheckpointNotFoundError as exc:
             return self._error(404, str(exc))
         except (SelectorError, InvalidArgumentError, MetricDirectionError) as exc:

@@ -32,6 +32,8 @@ FRESH_EVERY = 0.5
 #: How often an in-memory index is synchronised from the store's manifests.
 SYNC_EVERY = 5.0
 MANIFESTS_CACHED = 32
+#: Rows read per query while the lineage is read at start-up (requests go first between pages).
+WARM_PAGE = 10_000
 
 
 class Row(NamedTuple):
@@ -146,6 +148,8 @@ class Source:
         self._lineage_error: BaseException | None = None
         self._manifests: OrderedDict[str, Any] = OrderedDict()
         self._retired: list[CheckpointStore] = []
+        self._busy = 0
+        self._waiting = 0  # requests waiting for the lineage (the start-up read must not give way to them)
         threading.Thread(target=self._warm, name="ckpt-ui-warm", daemon=True).start()
 
     # -- the store ------------------------------------------------------------------------------
@@ -209,14 +213,40 @@ class Source:
 
     # -- lineage and totals --------------------------------------------------------------------
     def _warm(self) -> None:
+        """Read the lineage at start-up, in pages, giving way to requests (the first page must not wait
+        for 100,000 rows to be read: it gets its totals from one aggregate query meanwhile)."""
         try:
             lin = Lineage()
-            self._update_lineage(lin)
+            cat = self._store.catalog
+            marker = cat.commit_marker()
+            after = 0
+            while True:
+                while self._busy > self._waiting:  # requests that are not waiting for this go first
+                    time.sleep(0.005)
+                with _gc_paused():
+                    rows = [r for r in cat.checkpoint_rows(after, WARM_PAGE) if r[0] <= marker[1]]
+                    lin.add(rows)
+                if len(rows) < WARM_PAGE:
+                    break
+                after = rows[-1][0]
+            lin.marker = (len(lin.rows), max((r.seq for r in lin.rows.values()), default=0))
+            self._update_lineage(lin)  # what was committed (or deleted) while it was being read
             self._lineage = lin
         except BaseException as exc:  # reported to the request that needs it
             self._lineage_error = exc
         finally:
             self._lineage_ready.set()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Mark a request in progress (the start-up read of the lineage pauses meanwhile)."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     def _update_lineage(self, lin: Lineage) -> None:
         with _gc_paused():  # 100,000 small tuples and lists: collections would triple the cost
@@ -238,7 +268,14 @@ class Source:
         lin.rows, lin.children, lin.totals, lin.marker = fresh.rows, fresh.children, fresh.totals, fresh.marker
 
     def lineage(self) -> Lineage:
-        self._lineage_ready.wait()
+        if not self._lineage_ready.is_set():
+            with self._lock:
+                self._waiting += 1
+            try:
+                self._lineage_ready.wait()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
         if self._lineage is None:
             self._lineage_ready.clear()
             self._lineage_error = None
