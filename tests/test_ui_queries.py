@@ -73,3 +73,29 @@ def test_lineage_in_memory_follows_commits_and_deletions(tmp_path):
             {n: (r.checkpoints, r.latest_epoch) for n, r in runs.items()}
     finally:
         src.close()
+
+
+def test_a_store_read_through_an_in_memory_index_picks_up_new_saves(tmp_path):
+    """No usable index file (a snapshot, a remote store without a cache): the view rebuilds the index in
+    memory from the manifests and synchronises it with storage every few seconds."""
+    import os
+
+    from ckpt.ui import source as source_mod
+    from ckpt.ui.source import Source
+    loc = str(tmp_path / "s")
+    with CheckpointStore(loc) as store:
+        store.save("a", 0, {"w": torch.zeros(2)})
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(os.path.join(loc, "index.sqlite" + suffix)):
+            os.remove(os.path.join(loc, "index.sqlite" + suffix))
+    src = Source(loc)
+    try:
+        assert src.store.catalog.url in ("sqlite://", "sqlite:///:memory:")
+        assert [r.epoch for r in src.lineage().rows.values()] == [0]
+        with CheckpointStore(loc) as store:  # another writer: rebuilds its own index, saves
+            store.save("a", 1, {"w": torch.ones(2)})
+        src._synced -= source_mod.SYNC_EVERY  # as if the sync interval had passed
+        src.refresh(force=True)
+        assert sorted(r.epoch for r in src.lineage().rows.values()) == [0, 1]
+    finally:
+        src.close()
