@@ -99,6 +99,12 @@
     var id = e.target.getAttribute("data-filter") || e.target.getAttribute("data-status-filter");
     if (id) { var t = document.getElementById(id); if (t) filterTable(t); }
   });
+  function markDirty(e) {
+    var region = e.target.closest && e.target.closest("[data-live]");
+    if (region && e.target.form && !e.target.classList.contains("pick")) region.setAttribute("data-dirty", "1");
+  }
+  document.addEventListener("input", markDirty);
+  document.addEventListener("change", markDirty);
   document.addEventListener("change", function (e) {
     var id = e.target.getAttribute("data-status-filter");
     if (id) { var t = document.getElementById(id); if (t) filterTable(t); }
@@ -149,7 +155,8 @@
       var busy = document.activeElement && el.contains(document.activeElement) &&
                  /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName) &&
                  document.activeElement.type !== "checkbox";
-      if (document.hidden || busy) { setTimeout(tick, every); return; }
+      // a form inside the region being edited (a metric unticked, a policy typed) is not replaced
+      if (document.hidden || busy || el.getAttribute("data-dirty")) { setTimeout(tick, every); return; }
       fetch(url, {cache: "no-store", credentials: "same-origin"}).then(function (r) {
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.text();
