@@ -384,7 +384,7 @@ def test_s3_and_postgres_store(browser, page, s3_url, pg_url):
     index = pg_url.replace("postgres@", f"postgres:{password}@", 1)  # trust auth: any password is accepted
     assert password in index
     helper("build", s3_url, index)
-    srv = start_ui(s3_url, index=index)
+    srv = start_ui(s3_url, "--index", index)  # the ui command's own --index
     try:
         page.goto(srv.url)
         assert set(rows_of(page, "runs-table", "data-run")) == {"pretrain", "finetune", "failed-run"}

@@ -10,6 +10,8 @@ from ckpt.cli.common import CliError, pass_ctx
 @click.command("ui", short_help="A local web view: runs, curves, lineage, diffs.")
 @click.option("--store", "store_opt", metavar="PATH_OR_URL", help="The store to show (same as the global --store; "
               "default: $CKPT_STORE).")
+@click.option("--index", "index_opt", metavar="URL", help="SQLAlchemy URL of a separate index database (same as "
+              "the global --index; default: $CKPT_INDEX, else the store's own).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Anything but a "
               "loopback address makes the store readable by other machines (a warning says so).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
@@ -18,7 +20,7 @@ from ckpt.cli.common import CliError, pass_ctx
 @click.option("--allow-writes", is_flag=True, help="Allow tag, untag and rm from the browser (each behind a "
               "CSRF token). Without it the store is opened read-only and the page offers no write controls.")
 @pass_ctx
-def command(ctx, store_opt, host, port, open_browser, allow_writes) -> None:  # type: ignore[no-untyped-def]
+def command(ctx, store_opt, index_opt, host, port, open_browser, allow_writes) -> None:  # type: ignore[no-untyped-def]
     """Serve a local web view of the store until Ctrl-C: runs (live while training goes on), each run's
     metric curves and retention plan, the lineage graph across runs, checkpoints with their tensors,
     and diffs.
@@ -46,7 +48,7 @@ def command(ctx, store_opt, host, port, open_browser, allow_writes) -> None:  # 
     from ckpt.ui import create_server
     from ckpt.ui.security import is_loopback
     try:
-        server = create_server(location, index=ctx.index, host=host, port=port, allow_writes=allow_writes)
+        server = create_server(location, index=index_opt or ctx.index, host=host, port=port, allow_writes=allow_writes)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                        f"(--port 0 picks a free one)") from None
