@@ -199,3 +199,20 @@ def test_save_on_four_load_on_two_and_a_rank_killed_mid_save(dist_store, tmp_pat
         assert store.gc(grace_seconds=0).packs == []
     finally:
         store.close()
+
+
+def test_two_distributed_saves_at_one_step_are_never_merged(tmp_path):
+    """Without a process group (one process), as a notebook or a single-GPU job calls it: the second save
+    at the same (run, epoch, step) is the store's own DuplicateCheckpointError, not DCP's
+    CheckpointException (a BaseException that `except Exception` misses), and the first stays intact."""
+    from ckpt import DuplicateCheckpointError
+    from ckpt.integrations import dcp as ckpt_dcp
+    with CheckpointStore(tmp_path / "s") as store:
+        first = ckpt_dcp.save({"w": torch.ones(4)}, store, "r", 1, step=5)
+        with pytest.raises(DuplicateCheckpointError):
+            ckpt_dcp.save({"w": torch.zeros(4)}, store, "r", 1, step=5)
+        assert [i.id for i in store.list()] == [first.id]
+        out = {"w": torch.full((4,), 7.0)}
+        assert ckpt_dcp.load(out, store, "r@1").id == first.id
+        assert torch.equal(out["w"], torch.ones(4))
+        assert store.verify(full=True).ok

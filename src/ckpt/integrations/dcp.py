@@ -423,8 +423,11 @@ def save(state_dict: dict[str, Any], store: Any, run: str, epoch: int, *, step: 
     writer = CkptStorageWriter(store, run, epoch, step=step, metrics=metrics, tags=tags, parent=parent)
     try:
         dcp.save(state_dict, storage_writer=writer, planner=planner, process_group=process_group)
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        typed = _ckpt_error(exc)
+        if typed is not None:
+            raise typed from exc
         raise
     if writer.checkpoint_id is None:  # pragma: no cover - a rank with nothing to write still gets its plan
         raise CkptError("the distributed save finished without a checkpoint id")
@@ -436,8 +439,31 @@ def load(state_dict: dict[str, Any], store: Any, selector: Any = "latest", *, ru
     """``dcp.load`` from the store into ``state_dict`` (in place, resharded to this world); every rank."""
     import torch.distributed.checkpoint as dcp
     reader = CkptStorageReader(store, selector, run=run, verify=verify, process_group=process_group)
-    dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+    try:
+        dcp.load(state_dict, storage_reader=reader, planner=planner, process_group=process_group)
+    except BaseException as exc:
+        typed = _ckpt_error(exc)
+        if typed is not None:
+            raise typed from exc
+        raise
     return reader.info
+
+
+def _ckpt_error(exc: BaseException) -> CkptError | None:
+    """The ckpt error inside DCP's CheckpointException, when every failing rank raised one of one class.
+
+    DCP gathers each rank's failure into a CheckpointException, a BaseException that ``except
+    Exception`` (and ``except CkptError``) misses; callers of :func:`save`/:func:`load` get the typed
+    error they would get from the store itself (DuplicateCheckpointError, CheckpointNotFoundError...).
+    """
+    failures = getattr(exc, "failures", None)
+    if not isinstance(failures, dict) or not failures:
+        return None
+    errors = [f[0] for f in failures.values() if isinstance(f, tuple) and f]
+    if errors and len(errors) == len(failures) and all(isinstance(e, CkptError) for e in errors) \
+            and len({type(e) for e in errors}) == 1:
+        return errors[0]
+    return None
 
 
 def load_full(store: Any, selector: Any = "latest", *, run: str | None = None,
