@@ -18,6 +18,13 @@ def verify_store(ctx: Any, *, full: bool) -> VerifyReport:
     infos = {i.id: i for i in ctx.catalog.list()} if indexed else {}
     on_disk = sync.listing(ctx.storage)
     for extra in sorted(set(on_disk) - set(indexed)):
+        try:  # readable: the index only missed it; unreadable: reindex skipped it, and will again
+            sync.read_manifest(ctx.storage, extra, on_disk[extra], structure=True).check_structure()
+        except CkptError as exc:
+            report.problems.append(Problem("bad-manifest", extra, f"{extra[:12]} (not indexed): {exc}; listings "
+                                           f"skip it, and gc frees nothing while it cannot tell what it names: "
+                                           f"restore the file or remove manifests/{extra}.*"))
+            continue
         report.problems.append(Problem("unindexed-manifest", extra,
                                        "manifest on storage is not in the index; run `ckpt reindex`"))
     slots_by_pack: dict[str, dict[tuple[str, int, int], mf.Slot]] = {}
