@@ -286,12 +286,15 @@ class CheckpointStore:
 
     def _with_fallback(self, selector: Any, run: str | None, work, _attempt: int = 0) -> Any:  # type: ignore[no-untyped-def]
         candidates = self.resolve(selector, run=run)
+        if not candidates:  # everything it matched was deleted between two resolutions
+            raise CheckpointNotFoundError(f"no checkpoint matches {validation.describe(selector)} any more: "
+                                          f"what it matched was deleted while it was being loaded")
         for i, info in enumerate(candidates):
             try:
                 return work(self._ctx.manifest(info.id, info.format))
             except CorruptCheckpointError as exc:
                 if self._deleted_meanwhile(info, exc):  # pruned, by this or another host, while loading
-                    if len(candidates) == 1 and _attempt >= 2:
+                    if (len(candidates) == 1 and _attempt >= 2) or _attempt >= 8:
                         raise CheckpointNotFoundError(
                             f"checkpoint {info.short_id} ({info.run}@{info.epoch}) was deleted while it was "
                             f"being loaded") from exc
