@@ -120,3 +120,26 @@ def test_query_layer_and_cli_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    import torch
+    from ckpt import CheckpointStore
+    loc = str(tmp_path_factory.mktemp("layers") / "s")
+    with CheckpointStore(loc) as s:
+        for e in range(3):
+            s.save("r", e, {"model": {"w": torch.full((8,), float(e))}}, {"val_acc": e / 4}, tags=("kept",) if e == 1 else ())
+    return loc
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls"], ["ls", "--sort", "val_acc"], ["show", "latest"],
+                                  ["show", "best"], ["runs"], ["log", "r"], ["tag", "r@2", "new"],
+                                  ["untag", "kept"]], ids=lambda a: " ".join(a))
+def test_everyday_read_commands_run_without_importing_torch(small_store, args):
+    code = ("import sys; from click.testing import CliRunner; from ckpt.cli import cli; "
+            f"r = CliRunner().invoke(cli, ['--store', {small_store!r}] + {args!r}); "
+            "print(r.exit_code, 'torch' in sys.modules); print(r.output[-2000:], file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "False"], (out.stdout, out.stderr[-2000:])
