@@ -9,6 +9,7 @@ an S3 upload holds its first part back). Reads go straight into the destination 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,21 @@ class Location:
 _ENTRY_FIXED = len('"":{"dtype":"F8_E4M3FNUZ","shape":,"data_offsets":[,]},') + 64 + 2 * 20
 
 
+@functools.lru_cache(maxsize=4096)  # per tensor of a save; a model has few distinct shapes
 def entry_bound(shape: tuple[int, ...], nbytes: int) -> int:
     """Upper bound on one entry's JSON size in the header, whichever form it takes (the JSON of
     ``[d0, d1]`` is 2 brackets, the digits and ", " between)."""
     dims = 2 + sum(len(str(d)) for d in shape) + 2 * max(len(shape) - 1, 0)
     return _ENTRY_FIXED + max(dims, 2 + len(str(nbytes)))
+
+
+@functools.lru_cache(maxsize=None)
+def _st_code(dtype: str) -> tuple[str, bool]:
+    """The safetensors dtype of a ckpt dtype name, and whether the entry keeps the tensor's shape (dtypes
+    safetensors lacks are stored as flat U8)."""
+    torch_dtype = dtype_from_name(dtype)
+    code = st_dtype(torch_dtype)
+    return code, code != "U8" or torch_dtype == torch.uint8
 
 
 class PackWriter:
@@ -50,11 +61,12 @@ class PackWriter:
         self.pack_id = pack_id
         self.key = pack_path(pack_id)
         meta = len(json.dumps({"__metadata__": PACK_METADATA})) + 2
-        reserve = 8 + meta + sum(entry_bound(shape, n) for shape, n in candidates)
+        reserve = 8 + meta + sum(entry_bound(tuple(shape), n) for shape, n in candidates)
         self.reserve = reserve + (-reserve % 8)
         self._room = len(candidates)
         self.sink = storage.open_sink(self.key, reserve=self.reserve)
         self.entries: list[tuple[str, str, list[int], int]] = []
+        self._names: dict[str, Location] = {}
         self._start = -1
 
     @property
@@ -76,16 +88,28 @@ class PackWriter:
         self.sink.write(data)
 
     def end(self, name: str, dtype: str, shape: tuple[int, ...], codec_name: str) -> Location:
-        length = self.sink.position - self._start
+        return self.record(name, dtype, shape, self._start, self.sink.position - self._start, codec_name)
+
+    def record(self, name: str, dtype: str, shape: tuple[int, ...], start: int, length: int,
+               codec_name: str = "raw") -> Location:
+        """Name ``length`` bytes already written at ``start`` (entries must come in file order).
+
+        Returns where the tensor named ``name`` is: when a tensor with that hash was already written to
+        this pack (a tensor changed mid-save into bytes another one has), the earlier copy; the bytes
+        written again stay under an alias name, since a safetensors file must name every byte range."""
+        first = self._names.get(name)
+        if first is not None:
+            name = f"{name}~{len(self.entries)}"
         if codec_name == "zstd":
             entry = (name, "U8", [length], length)
         else:
-            torch_dtype = dtype_from_name(dtype)
-            code = st_dtype(torch_dtype)
-            dims = list(shape) if code != "U8" or torch_dtype == torch.uint8 else [length]
-            entry = (name, code, dims, length)
+            code, as_declared = _st_code(dtype)
+            entry = (name, code, list(shape) if as_declared else [length], length)
         self.entries.append(entry)
-        return Location(self._start, length, codec_name)
+        if first is not None:
+            return first
+        location = self._names[name] = Location(start, length, codec_name)
+        return location
 
     def finish(self) -> int:
         """Write the header, make the pack durable and visible; returns its size (0 if nothing was added)."""

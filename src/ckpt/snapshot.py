@@ -6,6 +6,7 @@ its tensors right after). Hashing and writing happen later, in ckpt.writer.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,9 @@ class SlotData:
             self._data = raw_view(self.tensor)
         return self._data
 
-    @property
-    def nbytes(self) -> int:
-        return self.tensor.numel() * self.tensor.element_size()
+    @functools.cached_property
+    def nbytes(self) -> int:  # asked several times per tensor on a save's path: computed once
+        return self.tensor.nbytes
 
 
 @dataclass

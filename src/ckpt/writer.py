@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,12 +140,12 @@ class _Streamer:
                 data = memoryview(buf)
             hasher.update(data)
             payload = codec.encode(data, ITEMSIZE[s.dtype])
-            off = self.pack.begin()
+            self.pack.begin()
             self.pack.write(payload if payload is not None else data)
             h, c = hasher.result()
             loc = self.pack.end(h, s.dtype, s.shape, "zstd" if payload is not None else "raw")
-            return h, c, off, loc.length, loc.codec
-        off = self.pack.begin()
+            return h, c, loc.offset, loc.length, loc.codec
+        self.pack.begin()
         if n <= _SMALL:
             chunk = data if stable else bytes(data)
             hasher.update(chunk)
@@ -170,7 +170,7 @@ class _Streamer:
                 f.result()
         h, c = hasher.result()
         loc = self.pack.end(h, s.dtype, s.shape, "raw")
-        return h, c, off, loc.length, loc.codec
+        return h, c, loc.offset, loc.length, loc.codec
 
 
 def write(storage: object, snap: Snapshot, p: Plan, begun: Begun, *, compress: bool,
@@ -202,12 +202,34 @@ def write(storage: object, snap: Snapshot, p: Plan, begun: Begun, *, compress: b
         streamer = _Streamer(pack, compress)
 
         def store(key: Key) -> None:
-            ids = p.groups[key]
-            s = snap.slots[ids[0]]
+            s = snap.slots[p.groups[key][0]]
             h, c, off, length, codec_name = streamer.write(s)
-            slot = Slot(h, s.dtype, s.shape, s.nbytes, pack_id, off, length, codec_name, c, s.kind)
+            stored(key, Slot(h, s.dtype, s.shape, s.nbytes, pack_id, off, length, codec_name, c, s.kind))
+
+        def store_batch(keys: list[Key]) -> None:
+            """Small tensors in one copy and one write; each is then checksummed and hashed from that
+            copy, so what is hashed is what was written even if the caller changes a tensor meanwhile."""
+            firsts = [p.groups[k][0] for k in keys]
+            blob = b"".join([snap.slots[i].data for i in firsts])
+            start = pack.position
+            pack.write(blob)
+            view = memoryview(blob)
+            at = 0
+            for key, i in zip(keys, firsts):
+                s = snap.slots[i]
+                n = s.nbytes
+                piece = view[at:at + n]
+                h = tensor_hash(s.dtype, s.shape, piece)
+                loc = pack.record(h, s.dtype, s.shape, start + at, n)
+                stored(key, Slot(h, s.dtype, s.shape, n, pack_id, loc.offset, loc.length, loc.codec,
+                                 checksum(piece), s.kind))
+                at += n
+
+        def stored(key: Key, slot: Slot) -> None:
+            ids = p.groups[key]
+            c = slot.check
             if c != key[0]:  # the tensor changed after its checksum was taken: it is stored as copied
-                mutated.append("/".join(map(str, s.path)) or "<root>")
+                mutated.append("/".join(map(str, snap.slots[ids[0]].path)) or "<root>")
                 slots[ids[0]] = slot
                 for i in ids[1:]:  # the others had the checksum's bytes, not these: store them too
                     other = snap.slots[i]
@@ -216,10 +238,15 @@ def write(storage: object, snap: Snapshot, p: Plan, begun: Begun, *, compress: b
                                     other.kind)
                 return
             for i in ids:
-                slots[i] = slot._replace(kind=snap.slots[i].kind)
+                kind = snap.slots[i].kind
+                slots[i] = slot if kind == slot.kind else slot._replace(kind=kind)
 
+        batchable = [k for k in mine if _batchable(snap.slots[p.groups[k][0]].nbytes, compress)]
+        for batch in _batches(batchable, snap, p):
+            store_batch(batch)
         for key in mine:
-            store(key)
+            if not _batchable(snap.slots[p.groups[key][0]].nbytes, compress):
+                store(key)
         if waiting:
             _wait_for_others(snap, p, waiting, slots, store, claim_more, lookup)
         if pack.empty:
@@ -238,6 +265,27 @@ def write(storage: object, snap: Snapshot, p: Plan, begun: Begun, *, compress: b
         raise StorageError(f"internal error: {sum(s is None for s in slots)} tensor(s) were neither stored "
                            f"nor reused; nothing was committed")
     return Written(slots, size, pack_id if size else None, mutated, deferred)  # type: ignore[arg-type]
+
+
+_BATCH_TENSOR = 64 << 10  # tensors up to this size are copied, written and hashed in batches
+_BATCH_BYTES = 8 << 20
+
+
+def _batchable(nbytes: int, compress: bool) -> bool:
+    return nbytes <= _BATCH_TENSOR and not (compress and nbytes >= MIN_COMPRESS)
+
+
+def _batches(keys: list[Key], snap: Snapshot, p: Plan) -> list[list[Key]]:
+    out: list[list[Key]] = [[]]
+    size = 0
+    for key in keys:
+        n = snap.slots[p.groups[key][0]].nbytes
+        if out[-1] and size + n > _BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(key)
+        size += n
+    return out if out[0] else []
 
 
 def _confirm(snap: Snapshot, i: int, candidates, key: Key) -> Stored | None:  # type: ignore[no-untyped-def]

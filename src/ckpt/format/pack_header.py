@@ -38,23 +38,31 @@ def build_header(entries: Sequence[tuple[str, str, Sequence[int], int]],
     offset in the file ``prefix + data_0 + data_1 + ...``. ``pad_to`` pads the prefix with
     spaces to exactly that many bytes (a multiple of 8), so data can be written before the header.
     """
-    header: dict[str, Any] = {}
+    parts: list[str] = []
     if metadata is not None:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ValueError("safetensors metadata must map str to str")
-        header[META_KEY] = dict(metadata)
+        parts.append(f'"{META_KEY}":' + json.dumps(dict(metadata), separators=(",", ":")))
+    # The JSON is written directly (what json.dumps would give, byte for byte): a pack of 10,000 small
+    # tensors would otherwise spend more time building its header than writing its bytes.
+    names: set[str] = set()
+    spans: list[tuple[int, int]] = []
     pos = 0
     for name, dtype, shape, nbytes in entries:
         dims = [int(d) for d in shape]
-        if name == META_KEY or name in header:
+        if name == META_KEY or name in names:
             raise ValueError(f"duplicate or reserved tensor name {name!r}")
+        names.add(name)
         if dtype not in ST_ITEMSIZE or any(d < 0 for d in dims):
             raise ValueError(f"bad dtype/shape {dtype} {dims} for {name!r}")
         if math.prod(dims) * ST_ITEMSIZE[dtype] != nbytes:
             raise ValueError(f"{name!r}: {nbytes} bytes do not fit {dtype}{dims}")
-        header[name] = {"dtype": dtype, "shape": dims, "data_offsets": [pos, pos + nbytes]}
+        key = f'"{name}"' if name.isalnum() and name.isascii() else json.dumps(name)
+        parts.append(f'{key}:{{"dtype":"{dtype}","shape":[{",".join(map(str, dims))}],'
+                     f'"data_offsets":[{pos},{pos + nbytes}]}}')
+        spans.append((pos, pos + nbytes))
         pos += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw = ("{" + ",".join(parts) + "}").encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     if pad_to is not None:
         if pad_to % 8 or pad_to - 8 < len(raw):
@@ -63,10 +71,7 @@ def build_header(entries: Sequence[tuple[str, str, Sequence[int], int]],
     if len(raw) > _SAFETENSORS_MAX_HEADER:
         raise ValueError(f"safetensors header of {len(raw)} bytes is too large; split the pack")
     start = 8 + len(raw)
-    offsets: list[tuple[int, int]] = []
-    for name, *_ in entries:
-        begin, end = header[name]["data_offsets"]
-        offsets.append((start + begin, start + end))
+    offsets = [(start + begin, start + end) for begin, end in spans]
     return len(raw).to_bytes(8, "little") + raw, offsets
 
 

@@ -177,15 +177,20 @@ def _storage_key(tensor: torch.Tensor, kind: str) -> tuple | None:
     state_dict() returns fresh tensor objects, so id() cannot detect tied weights. Storages
     without memory (empty tensors) all have data_ptr 0 and are never tied.
     """
-    pointer = tensor.untyped_storage().data_ptr()
-    if pointer == 0:
+    # The view's first byte (storage start + offset) names the same memory as (storage, offset) does,
+    # without making a Python storage object per tensor.
+    pointer = tensor.data_ptr()
+    if pointer == 0:  # no memory (an empty tensor): never tied
         return None
-    return (kind, tensor.device, pointer, tensor.storage_offset(), tuple(tensor.shape),
-            tensor.stride(), tensor.dtype, tensor.is_conj(), tensor.is_neg())
+    return (kind, tensor.device, pointer, tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.is_conj(),
+            tensor.is_neg())
 
 
 def _check_tensor(tensor: torch.Tensor, path: tuple) -> None:
     kind = type(tensor)
+    if (kind is torch.Tensor or kind is torch.nn.Parameter) and tensor.layout == torch.strided \
+            and not (tensor.is_nested or tensor.is_quantized or tensor.is_meta):
+        return  # the usual case, decided without formatting the path (this runs once per tensor)
     where = _where(path)
     if kind is not torch.Tensor and kind is not torch.nn.Parameter:
         name = f"{kind.__module__}.{kind.__qualname__}"

@@ -9,6 +9,7 @@ up in the table, never resolved with ``getattr(torch, name)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -142,6 +143,11 @@ def raw_view(t: torch.Tensor) -> memoryview:
 
 def hash_prefix(dtype_name: str, shape: Sequence[int]) -> bytes:
     """What a tensor hash covers before the bytes: a domain tag, the dtype name and the shape."""
+    return _hash_prefix(dtype_name, shape if type(shape) is tuple else tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)  # a model has few distinct (dtype, shape) pairs; this is per tensor
+def _hash_prefix(dtype_name: str, shape: tuple) -> bytes:
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise ValueError(f"negative dimension in shape {dims}")
@@ -172,9 +178,11 @@ def tensor_hash(dtype_name: str, shape: Sequence[int], data: memoryview | bytes)
 
     The prefix makes equal bytes with a different dtype or shape hash differently.
     """
-    nbytes = memoryview(data).nbytes
-    threads = blake3.blake3.AUTO if nbytes >= _HASH_MT_THRESHOLD else 1
-    h = blake3.blake3(hash_prefix(dtype_name, shape), max_threads=threads)
+    nbytes = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if nbytes < _HASH_MT_THRESHOLD:
+        h = blake3.blake3(hash_prefix(dtype_name, shape))
+    else:
+        h = blake3.blake3(hash_prefix(dtype_name, shape), max_threads=blake3.blake3.AUTO)
     h.update(data)
     return h.hexdigest()
 
