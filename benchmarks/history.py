@@ -124,7 +124,8 @@ def _rows_of_one_save(store_dir: str, store, state: dict,  # type: ignore[no-unt
 # -- growth: does a save get slower as checkpoints accumulate? ------------------------------------------------
 def growth(d: str, quick: bool) -> tuple[dict[str, float], dict[str, Any]]:
     """Save 0 writes everything (not counted); saves 1..60 change one tensor each. Mean of saves
-    51-60 against saves 1-10; then the index rows added by one more such save, for N and N/10 tensors."""
+    51-60 against saves 1-10; then the index rows added by one more such save, for N and N/10 tensors
+    after the same history (a save adds a row per pack it reads, so the history must be equal)."""
     n, window, total = (200, 3, 12) if quick else (2000, 10, 60)
     out: dict[str, float] = {}
     info: dict[str, Any] = {}
@@ -140,10 +141,11 @@ def growth(d: str, quick: bool) -> tuple[dict[str, float], dict[str, Any]]:
             info["saves"] = f"save 0 (all {n} tensors) not counted; means of saves 1-{window} and " \
                             f"{total - window + 1}-{total}"
             epoch = total + 1
-        else:  # a short history is enough: the question is rows per save, not time
-            _one_change_saves(store, state, 1, 9)
-            epoch = 10
+        else:  # the same history, so that only the number of tensors differs
+            _one_change_saves(store, state, 1, total)
+            epoch = total + 1
         added = _rows_of_one_save(store_dir, store, state, epoch)
+        info[f"packs_read_by_the_last_save_{size}"] = len(store.manifest("hist:latest").packs)
         rows = index_rows(store_dir)
         store.close()
         if added is None:
