@@ -328,7 +328,8 @@ def test_two_hosts_gc_memory(tmp_path):
     url = f"memory://ckpt-truth-{uuid.uuid4().hex}"
     a = CheckpointStore(url)
     try:
-        first = [a.save("a", e, _a_state(e)).id for e in range(2)]
+        for e in range(2):
+            a.save("a", e, _a_state(e))
         b = CheckpointStore(url)  # host B: knows 0 and 1
         later = [a.save("a", e, _a_state(e)).id for e in range(2, 5)]
         assert b.gc(grace_seconds=0).packs == []

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ckpt.errors import CorruptCheckpointError, MissingBlobError
+from ckpt.errors import CorruptCheckpointError, MissingBlobError, StorageError
 from ckpt.format import codec
 from ckpt.format.manifest import Slot, pack_path
 from ckpt.format.pack_header import build_header
@@ -68,6 +68,7 @@ class PackWriter:
         self.entries: list[tuple[str, str, list[int], int]] = []
         self._names: dict[str, Location] = {}
         self._start = -1
+        self._end = -1
 
     @property
     def position(self) -> int:
@@ -97,6 +98,10 @@ class PackWriter:
         Returns where the tensor named ``name`` is: when a tensor with that hash was already written to
         this pack (a tensor changed mid-save into bytes another one has), the earlier copy; the bytes
         written again stay under an alias name, since a safetensors file must name every byte range."""
+        if self.entries and start != self._end:  # the header gives offsets as running sums of lengths
+            raise StorageError(f"internal error: pack entry for {name[:12]} at {start}, expected {self._end}; "
+                               f"nothing was committed")
+        self._end = start + length
         first = self._names.get(name)
         if first is not None:
             name = f"{name}~{len(self.entries)}"

@@ -215,15 +215,20 @@ def write(storage: object, snap: Snapshot, p: Plan, begun: Begun, *, compress: b
             pack.write(blob)
             view = memoryview(blob)
             at = 0
+            done: list[tuple[Key, Slot]] = []
             for key, i in zip(keys, firsts):
                 s = snap.slots[i]
                 n = s.nbytes
                 piece = view[at:at + n]
                 h = tensor_hash(s.dtype, s.shape, piece)
                 loc = pack.record(h, s.dtype, s.shape, start + at, n)
-                stored(key, Slot(h, s.dtype, s.shape, n, pack_id, loc.offset, loc.length, loc.codec,
-                                 checksum(piece), s.kind))
+                done.append((key, Slot(h, s.dtype, s.shape, n, pack_id, loc.offset, loc.length, loc.codec,
+                                       checksum(piece), s.kind)))
                 at += n
+            # Only now: stored() may write more (a mutated group's other members), and pack entries must
+            # be recorded in file order.
+            for key, slot in done:
+                stored(key, slot)
 
         def stored(key: Key, slot: Slot) -> None:
             ids = p.groups[key]
