@@ -180,6 +180,32 @@ def test_load_into_fills_existing_parameters_in_place(store):
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
+def test_load_into_a_live_optimizer_rolls_it_back_in_place(store):
+    """Rolling a run back within its process: the optimizer's moments are read into the tensors it already
+    has (no second copy of the state), and training then continues exactly as from a torch-style load."""
+    model, opt, sched = _make()
+    _train(model, opt, sched, 5, seed=1)
+    store.save("live", 0, {"model": model.state_dict(), "optimizer": opt.state_dict()})
+    saved = {i: {k: v.clone() for k, v in st.items()} for i, st in opt.state_dict()["state"].items()}
+    _train(model, opt, sched, 5, seed=2)  # the live state moves on
+    ptrs = {i: {k: v.data_ptr() for k, v in st.items()} for i, st in opt.state_dict()["state"].items()}
+    store.load_into(model, "live@0")
+    store.load_into(opt, "live@0", key="optimizer")
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, saved[i][k]), (i, k)
+            assert v.data_ptr() == ptrs[i][k], (i, k)  # read into the live tensor
+    model2, opt2, sched2 = _make()
+    state = store.load("live@0")
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["optimizer"])
+    sched.load_state_dict(sched2.state_dict())
+    _train(model, opt, sched, 3, seed=3)
+    _train(model2, opt2, sched2, 3, seed=3)
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
 def test_load_into_reports_and_refuses_mismatches(store):
     from ckpt import KeyMismatchError
     store.save("m", 0, {"model": nn.Linear(4, 3).state_dict()})

@@ -224,7 +224,8 @@ def load_into(storage: Any, m: Manifest, target: Any, *, key: Any = "model", str
         if not hasattr(target, "load_state_dict"):
             raise InvalidArgumentError(f"load_into needs an nn.Module, a dict of tensors or an object with "
                                        f"load_state_dict, got {type(target).__name__}")
-        tensors = read_slots(storage, m, slots_under(m, path), verify=verify)
+        outs = _optimizer_outs(target, m, path)
+        tensors = read_slots(storage, m, slots_under(m, path), outs=outs, verify=verify)
         target.load_state_dict(fill(sub, to_kinds(m, tensors)))
         return [], [], len(tensors)
 
@@ -379,6 +380,33 @@ def fill_through_host(storage: Any, m: Manifest, staged: list[tuple[str, int]], 
         for buf in pair:
             buf.wait()  # also after a failure: no copy may still read a buffer that is handed on
         _give_back(gpu, pair)
+
+
+def _optimizer_outs(target: Any, m: Manifest, path: tuple) -> dict[int, torch.Tensor]:
+    """An optimizer's existing state tensors that the checkpoint's can be read straight into.
+
+    ``Optimizer.load_state_dict`` keeps tensors whose dtype and device already match, so reading into
+    the live state (moments of a resumed or rolled-back run) spares allocating and faulting in fresh
+    memory as large as the state. A fresh optimizer has no state: everything is allocated as before."""
+    if not isinstance(target, torch.optim.Optimizer):
+        return {}
+    current = {p: t for p, t in _tensor_leaves(target.state_dict()) if isinstance(t, torch.Tensor)}
+    if not current:
+        return {}
+    n = len(path)
+    slots = m.slots
+    outs: dict[int, torch.Tensor] = {}
+    taken: set[tuple] = set()
+    for p, slot in m.leaves:
+        t = current.get(p[n:]) if p[:n] == path else None
+        if t is None or slot in outs:
+            continue
+        s = slots[slot]
+        if (t.device.type == "cpu" and t.is_contiguous() and t.numel() and tuple(t.shape) == tuple(s.shape)
+                and dtype_name(t.dtype) == s.dtype and _memory(t) not in taken):
+            outs[slot] = t
+            taken.add(_memory(t))
+    return outs
 
 
 def _view(t: torch.Tensor) -> tuple:
