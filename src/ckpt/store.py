@@ -271,7 +271,10 @@ class CheckpointStore:
 
     def load_into(self, target: Any, selector: Any = "latest", *, key: Any = "model", strict: bool = True,
                   run: str | None = None, verify: bool | str = True) -> LoadReport:
-        """Restore into existing tensors in place (a module, a dict of tensors, or an optimizer)."""
+        """Restore into existing tensors in place (a module, a dict of tensors, or an optimizer).
+
+        An optimizer that already has state (a run rolled back in its own process) gets the checkpoint's
+        moments read into the tensors it holds; a fresh one gets new tensors, as ``load_state_dict``."""
         from ckpt.reader import load_into as _load_into
         out: list[Any] = []
 
