@@ -180,6 +180,19 @@ def test_load_into_fills_existing_parameters_in_place(store):
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
+def test_loaded_tensors_can_move_to_shared_memory(store):
+    """Loaded tensors can be sent to other processes (DataLoader workers, torch.multiprocessing), as
+    torch.load's can, whether or not deterministic mode allocated them."""
+    store.save("mem", 0, {"w": torch.randn(64, 64), "b": torch.arange(8), "big": torch.randn(1 << 18)})
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic)
+        got = store.load("mem@0")
+        for k, v in got.items():
+            v.share_memory_()
+            assert v.is_shared(), k
+    torch.use_deterministic_algorithms(False)
+
+
 def test_load_into_a_live_optimizer_rolls_it_back_in_place(store):
     """Rolling a run back within its process: the optimizer's moments are read into the tensors it already
     has (no second copy of the state), and training then continues exactly as from a torch-style load."""

@@ -197,21 +197,29 @@ def checksum(data: memoryview | bytes) -> str:
 
 
 def empty_tensor(dtype_name: str, shape: Sequence[int]) -> torch.Tensor:
-    """CPU tensor to read stored bytes into (see :func:`byte_view`).
-
-    Not ``torch.empty``: under ``torch.use_deterministic_algorithms(True)`` (what a reproducible
-    training run turns on) it fills every new tensor with NaN first, which costs a pass over memory
-    and is not implemented at all for float4 and the other bit-packed dtypes. Not a ``bytearray``
-    either: it zeroes its memory (0.6 s a GiB here). NumPy's uninitialised bytes are viewed as the
-    stored dtype; every byte is then overwritten by the read.
-    """
+    """CPU tensor to read stored bytes into (see :func:`byte_view`)."""
     return empty(shape, dtype_from_name(dtype_name))
 
 
 def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """:func:`empty_tensor` for a torch dtype."""
+    """Uninitialised CPU memory for ``shape`` and ``dtype``; every byte is then overwritten by a read.
+
+    ``torch.empty`` unless a reproducible training run has turned on
+    ``torch.use_deterministic_algorithms(True)``: then torch.empty fills every new tensor with NaN first
+    (a pass over memory) and is not implemented at all for float4 and the other bit-packed dtypes, so
+    NumPy's uninitialised bytes are viewed as the dtype instead (not a ``bytearray``: it zeroes its
+    memory, 0.6 s a GiB here).
+    """
     dims = tuple(int(d) for d in shape)
+    if not _fills_uninitialized():
+        return torch.empty(dims, dtype=dtype)
     n = math.prod(dims) * dtype.itemsize
     flat = torch.from_numpy(np.empty(n, dtype=np.uint8)) if n else torch.zeros(0, dtype=torch.uint8)
     return flat.view(dtype).reshape(dims)
+
+
+def _fills_uninitialized() -> bool:
+    deterministic = getattr(torch.utils, "deterministic", None)
+    return torch.are_deterministic_algorithms_enabled() and bool(
+        getattr(deterministic, "fill_uninitialized_memory", True))
 
