@@ -219,6 +219,27 @@ def test_load_into_a_live_optimizer_rolls_it_back_in_place(store):
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+def test_load_into_an_optimizer_built_differently_is_refused_and_leaves_it_untouched(store):
+    """An optimizer with other parameter groups: a typed error (still a ValueError, as torch's), and its
+    live state is exactly what it was, even though it had state the checkpoint's could be read into."""
+    from ckpt import InvalidArgumentError
+    model, opt, sched = _make()
+    _train(model, opt, sched, 3, seed=1)
+    store.save("groups", 0, {"model": model.state_dict(), "optimizer": opt.state_dict()})
+    other = torch.optim.AdamW([{"params": list(model.parameters())[:2]},
+                               {"params": list(model.parameters())[2:], "lr": 1e-3}])
+    loss = model(torch.randn(4, 10)).pow(2).mean()
+    loss.backward()
+    other.step()
+    before = {i: {k: v.clone() for k, v in st.items()} for i, st in other.state_dict()["state"].items()}
+    with pytest.raises(InvalidArgumentError, match="parameter groups") as info:
+        store.load_into(other, "groups@0", key="optimizer")
+    assert isinstance(info.value, ValueError)
+    for i, st in other.state_dict()["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, before[i][k]), (i, k)
+
+
 def test_load_into_reports_and_refuses_mismatches(store):
     from ckpt import KeyMismatchError
     store.save("m", 0, {"model": nn.Linear(4, 3).state_dict()})

@@ -224,9 +224,19 @@ def load_into(storage: Any, m: Manifest, target: Any, *, key: Any = "model", str
         if not hasattr(target, "load_state_dict"):
             raise InvalidArgumentError(f"load_into needs an nn.Module, a dict of tensors or an object with "
                                        f"load_state_dict, got {type(target).__name__}")
-        outs = _optimizer_outs(target, m, path)
+        outs = _optimizer_outs(target, m, path, sub)
         tensors = read_slots(storage, m, slots_under(m, path), outs=outs, verify=verify)
-        target.load_state_dict(fill(sub, to_kinds(m, tensors)))
+        try:
+            target.load_state_dict(fill(sub, to_kinds(m, tensors)))
+        except ValueError as exc:
+            if isinstance(exc, InvalidArgumentError):
+                raise
+            where = "/".join(map(str, path)) or "the checkpoint"
+            raise InvalidArgumentError(
+                f"{type(target).__name__}.load_state_dict refused {where}: {exc}. Build the target like the one "
+                f"that was saved (for an optimizer: the same parameter groups, the same number of parameters in "
+                f"each), or pass key=... to pick another sub-tree"
+                + ("; the target was left as it was" if not outs else "")) from exc
         return [], [], len(tensors)
 
     if isinstance(target, torch.nn.Module):
@@ -382,7 +392,7 @@ def fill_through_host(storage: Any, m: Manifest, staged: list[tuple[str, int]], 
         _give_back(gpu, pair)
 
 
-def _optimizer_outs(target: Any, m: Manifest, path: tuple) -> dict[int, torch.Tensor]:
+def _optimizer_outs(target: Any, m: Manifest, path: tuple, sub: Any) -> dict[int, torch.Tensor]:
     """An optimizer's existing state tensors that the checkpoint's can be read straight into.
 
     ``Optimizer.load_state_dict`` keeps tensors whose dtype and device already match, so reading into
@@ -390,7 +400,10 @@ def _optimizer_outs(target: Any, m: Manifest, path: tuple) -> dict[int, torch.Te
     memory as large as the state. A fresh optimizer has no state: everything is allocated as before."""
     if not isinstance(target, torch.optim.Optimizer):
         return {}
-    current = {p: t for p, t in _tensor_leaves(target.state_dict()) if isinstance(t, torch.Tensor)}
+    live = target.state_dict()
+    if not _same_groups(live, sub):  # load_state_dict will refuse it: leave the live state untouched
+        return {}
+    current = {p: t for p, t in _tensor_leaves(live) if isinstance(t, torch.Tensor)}
     if not current:
         return {}
     n = len(path)
@@ -407,6 +420,16 @@ def _optimizer_outs(target: Any, m: Manifest, path: tuple) -> dict[int, torch.Te
             outs[slot] = t
             taken.add(_memory(t))
     return outs
+
+
+def _same_groups(live: Mapping, saved: Any) -> bool:
+    """Whether ``Optimizer.load_state_dict`` would accept ``saved``'s parameter groups (same number of
+    groups, same number of parameters in each), checked before anything is written in place."""
+    try:
+        mine, theirs = live["param_groups"], saved["param_groups"]
+        return len(mine) == len(theirs) and all(len(a["params"]) == len(b["params"]) for a, b in zip(mine, theirs))
+    except (KeyError, TypeError):
+        return False
 
 
 def _view(t: torch.Tensor) -> tuple:
