@@ -897,3 +897,36 @@ def test_prune_on_a_stale_cache_keeps_the_real_latest(tmp_path, s3_url):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_deleted_the_moment_after_it_was_loaded(tmp_path, monkeypatch):
+    """Another process prunes the checkpoint just read, before ``load(with_info=True)`` or ``load_into``
+    returns: the caller still gets what was read and the info of what it was (the stress run met this as
+    an untyped IndexError on PostgreSQL, whose reads may see a row vanish between two statements)."""
+    import ckpt.reader as reader
+    location, index = str(tmp_path / "store"), f"sqlite:///{tmp_path}/shared.sqlite"
+    loader, pruner = CheckpointStore(location, index=index), CheckpointStore(location, index=index)
+    try:
+        states = [{"w": tw._randn(4096, e)} for e in range(3)]
+        infos = [loader.save("r", e, states[e]) for e in range(3)]
+        for name in ("load_state", "load_into"):
+            real = getattr(reader, name)
+
+            def read_then_prune(*args, _real=real, **kwargs):
+                out = _real(*args, **kwargs)
+                pruner.delete(loader.latest().id)  # gone the moment after it was read
+                return out
+
+            monkeypatch.setattr(reader, name, read_then_prune)
+        state, info = loader.load("latest", with_info=True)
+        assert info.id == infos[2].id
+        tw.assert_bit_exact(state, states[2])
+        target = {"w": torch.zeros(4096)}
+        report = loader.load_into(target, "latest", key=None)
+        assert report.checkpoint.id == infos[1].id
+        tw.assert_bit_exact(target, states[1])
+        assert [i.epoch for i in loader.list()] == [0]
+    finally:
+        loader.close()
+        pruner.close()

@@ -257,17 +257,14 @@ class CheckpointStore:
         returns ``(state, CheckpointInfo)`` so the caller knows which one it got.
         """
         from ckpt.reader import load_state
-        used: list[mf.Manifest] = []
 
         def work(m: mf.Manifest) -> Any:
             from ckpt.quiet_gc import paused
             with paused():
-                state = load_state(self.storage, m, key=key, map_location=map_location, verify=verify)
-            used.append(m)
-            return state
+                return load_state(self.storage, m, key=key, map_location=map_location, verify=verify)
 
-        state = self._with_fallback(selector, run, work)
-        return (state, self.get(used[-1].id)) if with_info else state
+        state, info = self._with_fallback(selector, run, work)
+        return (state, info) if with_info else state
 
     def load_into(self, target: Any, selector: Any = "latest", *, key: Any = "model", strict: bool = True,
                   run: str | None = None, verify: bool | str = True) -> LoadReport:
@@ -276,25 +273,25 @@ class CheckpointStore:
         An optimizer that already has state (a run rolled back in its own process) gets the checkpoint's
         moments read into the tensors it holds; a fresh one gets new tensors, as ``load_state_dict``."""
         from ckpt.reader import load_into as _load_into
-        out: list[Any] = []
 
         def work(m: mf.Manifest) -> Any:
             from ckpt.quiet_gc import paused
-            out.append(m)
             with paused():
                 return _load_into(self.storage, m, target, key=key, strict=strict, verify=verify)
 
-        missing, unexpected, loaded = self._with_fallback(selector, run, work)
-        return LoadReport(missing, unexpected, loaded, self.get(out[-1].id))
+        (missing, unexpected, loaded), info = self._with_fallback(selector, run, work)
+        return LoadReport(missing, unexpected, loaded, info)
 
     def _with_fallback(self, selector: Any, run: str | None, work, _attempt: int = 0) -> Any:  # type: ignore[no-untyped-def]
+        """``(work(manifest), info)`` for the first candidate that loads. The info is the one resolved
+        before loading: the checkpoint may be deleted by another process the moment after."""
         candidates = self.resolve(selector, run=run)
         if not candidates:  # everything it matched was deleted between two resolutions
             raise CheckpointNotFoundError(f"no checkpoint matches {validation.describe(selector)} any more: "
                                           f"what it matched was deleted while it was being loaded")
         for i, info in enumerate(candidates):
             try:
-                return work(self._ctx.manifest(info.id, info.format))
+                return work(self._ctx.manifest(info.id, info.format)), info
             except CorruptCheckpointError as exc:
                 if self._deleted_meanwhile(info, exc):  # pruned, by this or another host, while loading
                     if (len(candidates) == 1 and _attempt >= 2) or _attempt >= 8:

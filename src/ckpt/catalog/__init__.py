@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ckpt.catalog import queries, writes
+from ckpt.errors import CheckpointNotFoundError
 from ckpt.catalog.engine import Index, display_url, readonly_sqlite_url
 from ckpt.catalog.migrate import ensure_schema
 from ckpt.catalog.raw import Raw
@@ -115,11 +116,18 @@ class Catalog:
             return queries.infos(s, [r.id for r in resolve(s, selector, run=run, mode=mode, limit=limit)])
 
     def get(self, selector: Any = "latest", *, run: str | None = None) -> CheckpointInfo:
-        return self.resolve(selector, run=run, limit=1)[0]
+        found = self.resolve(selector, run=run, limit=1)
+        if not found:  # matched, then deleted by another process before its row was read
+            raise CheckpointNotFoundError(f"no checkpoint matches {validation.describe(selector)} any more: it "
+                                          f"was deleted meanwhile")
+        return found[0]
 
     def best(self, metric: str | None = None, mode: str | None = None, run: str | None = None) -> CheckpointInfo:
         with self.read() as s:
-            return queries.infos(s, [Resolver(s).best(metric, mode=mode, run=run, limit=1)[0].id])[0]
+            found = queries.infos(s, [Resolver(s).best(metric, mode=mode, run=run, limit=1)[0].id])
+        if not found:
+            raise CheckpointNotFoundError("the best checkpoint was deleted while it was being looked up; ask again")
+        return found[0]
 
     def list(self, run: str | None = None, sort: str | None = None, *, mode: str | None = None,
              tag: str | None = None, limit: int | None = None) -> list[CheckpointInfo]:
