@@ -9,16 +9,15 @@ bytes are checked against its checksum before it is returned.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from ckpt.errors import InvalidArgumentError, KeyMismatchError
+from ckpt.pools import LazyPool
 from ckpt.format.manifest import Manifest, Slot, pack_path
 from ckpt.format.skeleton import TensorSlot
 from ckpt.format.tensors import dtype_from_name, dtype_name, empty_tensor, raw_view
@@ -27,25 +26,8 @@ from ckpt.packs import check_bytes, read_slot
 MapLocation = Any
 
 _PARALLEL_BYTES = 4 << 20
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    """Two reader threads per process, made once: checksumming one tensor overlaps reading the next."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read")
-        return _pool
-
-
-def _forget_pool() -> None:
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+# Two reader threads: checksumming one tensor overlaps reading the next.
+_read_pool = LazyPool(lambda: 2, "ckpt-read")
 _SMALL = 256 << 10  # tensors up to this size are read in runs
 _RUN_GAP = 64 << 10  # bytes of other tensors a run may read through
 _RUN_MAX = 32 << 20

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +27,7 @@ import numpy as np
 from ckpt.catalog.writes import Begun, Stored
 from ckpt.errors import StorageError
 from ckpt.format import codec
+from ckpt.pools import LazyPool
 from ckpt.format.dtypes import ITEMSIZE
 from ckpt.format.manifest import Manifest, Slot
 from ckpt.format.tensors import TensorHasher, checksum, tensor_hash
@@ -44,25 +43,8 @@ CLAIM_MIN = int(os.environ.get("CKPT_CLAIM_MIN_BYTES", 1 << 20))
 #: How long a saver waits for another save in flight to finish writing a tensor both need.
 CLAIM_WAIT_S = float(os.environ.get("CKPT_CLAIM_WAIT_SECONDS", 600))
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    """One hashing thread per process, reused by every save (updates stay in submission order)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
-        return _pool
-
-
-def _forget_pool() -> None:
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+# One hashing thread, reused by every save (updates stay in submission order).
+_hash_pool = LazyPool(lambda: 1, "ckpt-hash")
 
 Key = tuple[str, str, tuple[int, ...]]  # (checksum, dtype, shape)
 

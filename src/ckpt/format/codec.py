@@ -37,13 +37,14 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import zstandard
 
 from ckpt.errors import CorruptCheckpointError
+from ckpt.pools import LazyPool
 
 MAGIC = b"CKZ1"
 _HEAD = struct.Struct("<4sB3xQ")
@@ -53,8 +54,6 @@ _SAMPLE = 64 << 10  # bytes of each plane trial-compressed to spot incompressibl
 _MAX_ITEMSIZE = 16
 
 _local = threading.local()
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def _workers() -> int:
@@ -64,21 +63,7 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
-def _forget_pool_after_fork() -> None:
-    """A forked child (e.g. a DataLoader worker) inherits the pool but not its threads."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="ckpt-codec")
-        return _pool
+_executor = LazyPool(_workers, "ckpt-codec")
 
 
 def _cctx(level: int) -> zstandard.ZstdCompressor:
