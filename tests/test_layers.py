@@ -14,7 +14,8 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # Lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("ckpt.errors", "ckpt.validation", "ckpt.metrics", "ckpt.records", "ckpt.format.dtypes")),
+    ("base", ("ckpt.errors", "ckpt.validation", "ckpt.metrics", "ckpt.records", "ckpt.format.dtypes",
+              "ckpt.pools", "ckpt.display")),
     ("format", ("ckpt.format",)),
     ("storage", ("ckpt.storage",)),
     ("catalog", ("ckpt.catalog", "ckpt.locks")),
@@ -26,13 +27,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("apps", ("ckpt.cli", "ckpt.training", "ckpt.integrations", "ckpt.interop", "ckpt.ui")),
 ]
 # What the applications (CLI, training loop, integrations, web view) may use: the public API.
-PUBLIC = ("ckpt", "ckpt.store", "ckpt.errors", "ckpt.records", "ckpt.validation", "ckpt.metrics", "ckpt.catalog",
+PUBLIC = ("ckpt", "ckpt.store", "ckpt.errors", "ckpt.records", "ckpt.display", "ckpt.validation", "ckpt.metrics", "ckpt.catalog",
           "ckpt.diff", "ckpt.retention", "ckpt.map_location", "ckpt.format.unpickle", "ckpt.interop")
 # The torch.distributed StorageWriter is itself a writer: it uses the commit protocol's multi-process API.
 WRITER_EXCEPTIONS = {"ckpt.integrations.dcp": ("ckpt.commit", "ckpt.snapshot", "ckpt.packs", "ckpt.format"),
                      # `ckpt ui` starts the web view: the one command that runs another application.
                      "ckpt.cli.ui": ("ckpt.ui",)}
-TORCH_FREE = ("ckpt.errors", "ckpt.validation", "ckpt.metrics", "ckpt.records", "ckpt.format.dtypes",
+TORCH_FREE = ("ckpt.errors", "ckpt.pools", "ckpt.display", "ckpt.validation", "ckpt.metrics", "ckpt.records", "ckpt.format.dtypes",
               "ckpt.format.manifest", "ckpt.format.manifest_v1", "ckpt.format.unpickle", "ckpt.storage",
               "ckpt.catalog", "ckpt.locks", "ckpt.context", "ckpt.refs", "ckpt.sync", "ckpt.recovery",
               "ckpt.deletion", "ckpt.gc", "ckpt.opening", "ckpt.store", "ckpt.retention", "ckpt.cli", "ckpt.ui")

@@ -391,6 +391,30 @@ def test_shared_index(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def _save_while_flipping(store, run: str, epoch: int, state: dict, flipped: list, delay: float):
+    """A blocking save while another thread, from ``delay`` seconds in, fills ``flipped`` with 1, -1, 1...
+    until the save returns (its warning about changed tensors is expected and swallowed)."""
+    stop = threading.Event()
+
+    def flip() -> None:
+        time.sleep(delay)
+        v = 1.0
+        while not stop.is_set():
+            for t in flipped:
+                t.fill_(v)
+            v = -v
+
+    th = threading.Thread(target=flip)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        th.start()
+        try:
+            return store.save(run, epoch, state)
+        finally:
+            stop.set()
+            th.join()
+
+
 def test_mutation_mid_save_of_many_small_tensors(tmp_path):
     """Small tensors are copied, written and hashed in batches: a thread flipping 2,000 of them (4 KiB
     each) during blocking saves never makes a checkpoint whose bytes disagree with its hashes, and a later
@@ -399,25 +423,7 @@ def test_mutation_mid_save_of_many_small_tensors(tmp_path):
     with CheckpointStore(tmp_path / "store", compression="none") as store:
         for k in range(6):
             state = {n: torch.zeros(1024) for n in names}
-            stop = threading.Event()
-
-            def mutate(state=state, stop=stop, k=k) -> None:
-                time.sleep(0.002 * k)
-                v = 1.0
-                while not stop.is_set():
-                    for t in state.values():
-                        t.fill_(v)
-                    v = -v
-
-            th = threading.Thread(target=mutate)
-            with warnings.catch_warnings(record=True):
-                warnings.simplefilter("always")
-                th.start()
-                try:
-                    info = store.save("mut", k, state)
-                finally:
-                    stop.set()
-                    th.join()
+            info = _save_while_flipping(store, "mut", k, state, list(state.values()), 0.002 * k)
             got = store.load(info.id)  # checksums verified on read
             assert all(got[n].abs().max() <= 1 for n in names)
         verify_clean(store)
@@ -438,24 +444,7 @@ def test_mutation_mid_save(tmp_path):
         for k, delay in enumerate(delays):
             t = torch.zeros(n)
             twin = torch.zeros(n)  # same bytes at the start: one dedup group with the mutated tensor
-            stop = threading.Event()
-
-            def mutate(t=t, delay=delay, stop=stop) -> None:
-                time.sleep(delay)
-                v = 1.0
-                while not stop.is_set():
-                    t.fill_(v)
-                    v = -v
-
-            th = threading.Thread(target=mutate)
-            with warnings.catch_warnings(record=True):
-                warnings.simplefilter("always")
-                th.start()
-                try:
-                    info = store.save("mut", k, {"t": t, "twin": twin, "small": torch.zeros(100)})
-                finally:
-                    stop.set()
-                    th.join()
+            info = _save_while_flipping(store, "mut", k, {"t": t, "twin": twin, "small": torch.zeros(100)}, [t], delay)
             got = store.load(info.id)  # checksums are verified on every read
             assert torch.equal(got["twin"], torch.zeros(n)) and torch.equal(got["small"], torch.zeros(100))
             mutated += int(not torch.equal(got["t"], torch.zeros(n)))

@@ -22,6 +22,20 @@ from ckpt.format.skeleton import TensorSlot
 ABSENT = "<absent>"
 
 
+def value_text(v: Any, width: int) -> str:
+    """A changed value on one line: its repr, or for a longer one its type and length (a cut repr when
+    it has no length). Not escaped: the terminal and the web page each escape for themselves."""
+    if isinstance(v, str) and v == ABSENT:
+        return "(absent)"
+    text = repr(v)
+    if len(text) <= width:
+        return text
+    try:
+        return f"<{type(v).__name__} of {len(v)}>"
+    except TypeError:
+        return text[:width - 3] + "..."
+
+
 def _key(path: tuple) -> str:
     return "/".join(str(k) for k in path)
 

@@ -95,3 +95,12 @@ def to_floats(metrics: Any) -> dict[str, float]:
 
 def is_finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
+
+
+def finite_or_nan(v: Any) -> float:
+    """A value to plot: the float, or NaN (a gap in the line) for anything not a finite number."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan

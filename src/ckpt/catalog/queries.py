@@ -143,6 +143,11 @@ def runs(s: Session) -> list[RunInfo]:
     last_epoch = dict(s.execute(select(Checkpoint.run_id, Checkpoint.epoch)
                                 .where(Checkpoint.seq.in_([v for v in last_seq.values() if v is not None]))).all()) \
         if last_seq else {}
+    return _run_infos(s, counts, last_epoch)
+
+
+def _run_infos(s: Session, counts: dict[int, int], last_epoch: dict[int, int]) -> list[RunInfo]:
+    """Every run, oldest first, with 'crashed' resolved and its objective's best value."""
     rows = list(s.scalars(select(Run).order_by(Run.created_at)))
     best = best_per_run(s, rows)  # one ordered scan per objective, not one query per run
     out = []
@@ -280,17 +285,7 @@ def best_per_run(s: Session, rows: list[Run] | None = None) -> dict[int, tuple[f
 def run_states(s: Session) -> list[RunInfo]:
     """Every run with its status ('crashed' resolved as in :func:`runs`) and the best value of its
     objective (:func:`best_per_run`), without counting checkpoints (``checkpoints=0, latest_epoch=None``)."""
-    rows = list(s.scalars(select(Run).order_by(Run.created_at)))
-    best = best_per_run(s, rows)
-    out = []
-    for r in rows:
-        status = r.status
-        if status == "running" and process_gone(r.host, r.pid, r.heartbeat_at or r.updated_at):
-            status = "crashed"
-        value = best.get(r.id)
-        out.append(RunInfo(r.name, status, r.objective_metric, r.objective_mode, as_utc(r.created_at),
-                           as_utc(r.updated_at), r.host, r.pid, 0, None, value[0] if value else None))
-    return out
+    return _run_infos(s, {}, {})
 
 
 def tags(s: Session) -> dict[str, str]:

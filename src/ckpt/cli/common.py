@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import click
+
+from ckpt.display import age, fmt_delta, fmt_metric, human_bytes  # noqa: F401  (the commands import them from here)
 
 
 class CliError(click.ClickException):
@@ -70,38 +70,6 @@ def json_option(f):  # type: ignore[no-untyped-def]
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str, allow_nan=True))
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def age(ts: datetime) -> str:
-    secs = (datetime.now(timezone.utc) - ts).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{int(secs // size)}{unit} ago"
-    return f"{int(max(secs, 0))}s ago"
-
-
-def fmt_metric(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}"
-
-
-def fmt_delta(a: float | None, b: float | None) -> str:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
-        return ""
-    d = b - a
-    return f"{'+' if d >= 0 else ''}{d:.4g}"
 
 
 def describe(info: Any) -> str:

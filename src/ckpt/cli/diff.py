@@ -29,17 +29,8 @@ def to_json(d, summary=()) -> dict:  # type: ignore[no-untyped-def]
 
 
 def _value(v: Any) -> str:
-    """A value for one line: its repr (escaped), or for a long one its type and length."""
-    from ckpt.diff import ABSENT
-    if isinstance(v, str) and v == ABSENT:
-        return "(absent)"
-    text = repr(v)
-    if len(text) <= VALUE_WIDTH:
-        return console.safe(text)
-    try:
-        return f"<{type(v).__name__} of {len(v)}>"
-    except TypeError:
-        return console.safe(text[:VALUE_WIDTH - 3]) + "..."
+    from ckpt.diff import value_text
+    return console.safe(value_text(v, VALUE_WIDTH))
 
 
 def _rank(c) -> float:  # type: ignore[no-untyped-def]

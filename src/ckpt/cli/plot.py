@@ -8,10 +8,8 @@ metrics of their surviving checkpoints.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import click
 
@@ -19,6 +17,7 @@ from ckpt.cli import console
 from ckpt.cli.common import CliError, emit_json, fmt_metric, json_option, pass_ctx
 from ckpt.cli.output import safe_component
 from ckpt.errors import CheckpointNotFoundError, CkptError, MetricDirectionError
+from ckpt.metrics import finite_or_nan
 
 
 @dataclass
@@ -30,14 +29,6 @@ class Series:
     y: list[float] = field(default_factory=list)
     kept: list[tuple[float, float]] = field(default_factory=list)  # surviving checkpoints on the curve
     best: tuple[float, float, str] | None = None  # (x, y, checkpoint id)
-
-
-def _finite(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError, OverflowError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
 
 
 def load_history(store, info) -> list[dict] | None:  # type: ignore[no-untyped-def]
@@ -73,12 +64,12 @@ def run_series(store, run: str, metrics: tuple[str, ...], mode: str | None, x_ax
             rows.sort(key=lambda r: r["epoch"] if x_axis == "epoch" else r["step"])
             s.source = "history"
             s.x = [float(r["epoch"] if x_axis == "epoch" else r["step"]) for r in rows]
-            s.y = [_finite(r[metric]) for r in rows]
+            s.y = [finite_or_nan(r[metric]) for r in rows]
         elif points:
-            s.x, s.y = [p[0] for p in points], [_finite(p[1]) for p in points]
+            s.x, s.y = [p[0] for p in points], [finite_or_nan(p[1]) for p in points]
         else:
             continue
-        s.kept = [(x, _finite(y)) for x, y, _ in points]
+        s.kept = [(x, finite_or_nan(y)) for x, y, _ in points]
         try:
             best = store.best(metric, mode=mode, run=run)
             s.best = (_x(best, x_axis), best.metrics[metric], best.id)

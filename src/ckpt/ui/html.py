@@ -12,9 +12,11 @@ import html
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
+
+from ckpt.display import age, fmt_delta, fmt_metric, human_bytes  # noqa: F401  (the pages import them from here)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -67,47 +69,11 @@ def run_link(name: str) -> str:
     return link("/run", name, "run-name", name=name)
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def fmt_metric(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return f"{v:.4g}"
-
-
-def fmt_delta(a: float | None, b: float | None) -> str:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
-        return ""
-    d = b - a
-    return f"{'+' if d >= 0 else ''}{d:.4g}"
-
-
 def sort_value(v: float | int | None) -> str:
     """A data-v attribute for sorting: numbers as they are, missing/NaN sorted last."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     return repr(v)
-
-
-def age(ts: datetime | None) -> str:
-    if ts is None:
-        return "-"
-    secs = (datetime.now(timezone.utc) - ts).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{int(secs // size)}{unit} ago"
-    return f"{int(max(secs, 0))}s ago"
 
 
 def when(ts: datetime | None) -> str:

@@ -17,16 +17,8 @@ VALUE_WIDTH = 80
 
 
 def _value(v: Any) -> str:
-    from ckpt.diff import ABSENT
-    if isinstance(v, str) and v == ABSENT:
-        return "(absent)"
-    text = repr(v)
-    if len(text) <= VALUE_WIDTH:
-        return text
-    try:
-        return f"<{type(v).__name__} of {len(v)}>"
-    except TypeError:
-        return text[:VALUE_WIDTH - 3] + "..."
+    from ckpt.diff import value_text
+    return value_text(v, VALUE_WIDTH)
 
 
 def _rank(c: Any) -> float:

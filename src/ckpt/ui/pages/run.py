@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ckpt.errors import CheckpointNotFoundError, CkptError, InvalidArgumentError, MetricDirectionError
-from ckpt.metrics import infer_mode, resolve_mode
+from ckpt.errors import CheckpointNotFoundError, InvalidArgumentError, MetricDirectionError
+from ckpt.metrics import finite_or_nan, infer_mode, resolve_mode
 from ckpt.records import CheckpointInfo
 from ckpt.retention import PrunePlan, RetentionPolicy, plan
 from ckpt.ui.charts import Series, line_chart
@@ -26,14 +26,6 @@ from ckpt.ui.html import (age, checkpoint_link, copy_block, esc, fmt_metric, hum
 MAX_ROWS = 500  # newest first; ?rows=all shows every one
 MAX_DEFAULT_METRICS = 6
 _SKIP_DEFAULT = {"lr", "learning_rate", "epoch_time", "time", "seconds"}
-
-
-def _finite(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError, OverflowError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
 
 
 def history(app: Any, infos: list[CheckpointInfo]) -> list[dict] | None:
@@ -100,11 +92,11 @@ def chart(infos: list[CheckpointInfo], hist: list[dict] | None, metrics: list[st
             from_history += 1
             rows.sort(key=lambda r: r["epoch"])
             s.x = [float(r["epoch"]) for r in rows]
-            s.y = [_finite(r[m]) for r in rows]
+            s.y = [finite_or_nan(r[m]) for r in rows]
         else:
             pts = sorted((i.epoch, i.metrics[m]) for i in infos if m in i.metrics)
-            s.x, s.y = [float(p[0]) for p in pts], [_finite(p[1]) for p in pts]
-        s.points = [(float(i.epoch), _finite(i.metrics[m]), i.id, f"{i.run}@{i.epoch}: {m} = {fmt_metric(i.metrics[m])}")
+            s.x, s.y = [float(p[0]) for p in pts], [finite_or_nan(p[1]) for p in pts]
+        s.points = [(float(i.epoch), finite_or_nan(i.metrics[m]), i.id, f"{i.run}@{i.epoch}: {m} = {fmt_metric(i.metrics[m])}")
                     for i in infos if m in i.metrics]
         mode = _mode(m, objective, declared)
         if mode is not None:
