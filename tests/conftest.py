@@ -1,4 +1,7 @@
+import contextlib
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -67,3 +70,21 @@ def assert_same(a, b, path="root"):
 
 # --- backend servers (tests/servers.py): PostgreSQL and moto S3, started on first use ---------------
 from servers import pg_url, postgres_server, s3_server, s3_url  # noqa: E402,F401
+
+
+@contextlib.contextmanager
+def tmpfs_mount(tmp_path, mib: int):
+    """A tmpfs of ``mib`` MiB of our own: a real device that really runs out of space (skips without root)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root (the RLIMIT_FSIZE test covers a full disk without it)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(mnt)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the RLIMIT_FSIZE test covers a full disk")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)  # if still busy

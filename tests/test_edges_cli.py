@@ -6,7 +6,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from ckpt.errors import (AmbiguousSelectorError, CheckpointNotFoundError, Corrup
                          SchemaVersionError, SelectorError, StorageError, StorageFullError, StorageNotWritableError,
                          StoreNotFoundError, UnsafeMetadataError, UnsupportedTypeError)
 from ckpt.validation import INT_MAX
+from conftest import tmpfs_mount
 
 HUGE = "99999999999999999999"
 
@@ -205,19 +205,8 @@ def test_a_file_size_limit_exits_5_and_changes_nothing_committed(fresh, tmp_path
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 16 MiB tmpfs of our own: a real device that runs out of space."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root (the RLIMIT_FSIZE test covers a full disk without it)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
+    with tmpfs_mount(tmp_path, 16) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
 
 
 @pytest.mark.timeout(300)

@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -43,6 +42,7 @@ from ckpt import (CheckpointNotFoundError, CheckpointStore, CkptError, CorruptCh
                   IndexCorruptError,
                   MissingBlobError, StorageError)
 from ckpt.cli import cli  # noqa: E402
+from conftest import tmpfs_mount  # noqa: E402
 
 STEP_TIMEOUT = 120  # any one step of any child process (torch import on a loaded 2-core machine)
 
@@ -69,19 +69,8 @@ def _full_state(epoch: int) -> dict:
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 24 MiB tmpfs of our own: a real device that really runs out of space."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root (the RLIMIT_FSIZE test covers a full disk without it)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the RLIMIT_FSIZE test covers a full disk")
-    try:
+    with tmpfs_mount(tmp_path, 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)  # if still busy
 
 
 def _free(path) -> int:

@@ -22,6 +22,7 @@ import fault_states as fs  # noqa: E402
 
 from ckpt import CheckpointStore, ReadOnlyStoreError, StorageError  # noqa: E402
 from ckpt.cli import cli  # noqa: E402
+from conftest import tmpfs_mount  # noqa: E402
 
 
 def _state(epoch: int) -> dict:
@@ -154,18 +155,8 @@ def test_a_long_lived_read_only_store_sees_checkpoints_committed_after_it_opened
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    r = _mount("-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt))
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-    try:
+    with tmpfs_mount(tmp_path, 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
 
 
 def _big(epoch: int) -> dict:
