@@ -44,6 +44,9 @@ import warnings
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from fault_states import assert_bit_exact  # noqa: E402,F401  (tests call it as truth_worker.assert_bit_exact)
+from fault_states import randn as _randn  # noqa: E402
+
 MiB = 1 << 20
 RUN_PREFIX = "truth-"
 #: Errors a role may see without it being a bug, by role.
@@ -58,12 +61,6 @@ ALLOWED = {
 
 
 # ------------------------------------------------------------------------------------------ states
-def _randn(n: int, seed: int):
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, generator=g, dtype=torch.float32)
-
-
 _CACHE: dict = {}
 
 
@@ -96,21 +93,6 @@ def run_name(idx: int) -> str:
 
 def run_index(run: str) -> int:
     return int(run[len(RUN_PREFIX):])
-
-
-def assert_bit_exact(got, want, path: str = "root") -> None:
-    import torch
-    assert type(got) is type(want), f"{path}: {type(got).__name__} != {type(want).__name__}"
-    if isinstance(want, torch.Tensor):
-        assert got.dtype == want.dtype and got.shape == want.shape, f"{path}: dtype/shape differ"
-        assert torch.equal(got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)), \
-            f"{path}: tensor bits differ"
-    elif isinstance(want, dict):
-        assert list(got) == list(want), f"{path}: keys {list(got)} != {list(want)}"
-        for k in want:
-            assert_bit_exact(got[k], want[k], f"{path}/{k}")
-    else:
-        assert got == want, f"{path}: {got!r} != {want!r}"
 
 
 # ------------------------------------------------------------------------------------------ workers
