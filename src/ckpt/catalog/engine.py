@@ -151,7 +151,12 @@ class Index:
         self.dialect = self.engine.dialect.name
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         self._fast_write_engine = self.engine.execution_options(**{_WRITE: True, _DURABLE: False})
-        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A query of several statements (resolve, then read the rows it found) must see one state of
+        # the index: SQLite's read transactions do; PostgreSQL's default READ COMMITTED gives each
+        # statement its own snapshot, so reads there run REPEATABLE READ (read-only: it never fails).
+        read_engine = (self.engine.execution_options(isolation_level="REPEATABLE READ")
+                       if self.dialect == "postgresql" else self.engine)
+        self._read_sessions = sessionmaker(read_engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
         self._fast_write_sessions = sessionmaker(self._fast_write_engine, expire_on_commit=False)
         self._pid = os.getpid()
